@@ -99,7 +99,13 @@ class Split:
 
 
 class Dataset:
-    """A data set plugin: ``load(split)`` returns a :class:`Split`."""
+    """A data set plugin: ``load(split)`` returns a :class:`Split`.
+
+    A data set built from other components of the suite (e.g. samples of a trained
+    generator) declares ``load(self, split, ctx)``; the runner then passes its
+    :class:`~benchbench.runner.RunContext`. It may also define ``check(self, suite)``,
+    yielding (key, message) problems for ``benchbench validate``, as studies do.
+    """
 
     #: The split names this data set offers.
     splits: ClassVar[tuple[str, ...]] = ("train", "test")

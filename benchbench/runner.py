@@ -7,6 +7,7 @@ scores, records provenance, and keeps failures without stopping the run.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import traceback
@@ -105,7 +106,7 @@ class RunContext:
         spec = self.suite.spec("datasets", dataset)
         self._component(spec)
         ds = self.suite.factory(spec)(**spec.params)
-        data = ds.load(split)
+        data = ds.load(split, ctx=self) if "ctx" in inspect.signature(ds.load).parameters else ds.load(split)
         adapt = spec.core.get("adapt")
         if adapt:
             from benchbench.adapters import adapt as apply_adapt
@@ -161,6 +162,14 @@ class RunContext:
         blob = json.dumps(ctx.curve).encode()
         atomic_write(self.cache.path("checkpoints", key, ".curve.json"), lambda f: f.write(blob))
         return self.cache.save_checkpoint(key, {"state_dict": state, "curve": ctx.curve, "use": spec.use, "params": spec.params})
+
+    def work_dir(self, alias: str) -> Path:
+        """The training work folder of a model trained by this run (snapshots, resumable state)."""
+        self.checkpoint(alias)
+        key = self.provenance["checkpoints"][alias].get("cache_key")
+        if key is None:
+            raise ValueError(f"model {alias!r} was loaded from a checkpoint, not trained: it has no work folder")
+        return self.cache.work_dir(key)
 
     def model(self, alias: str) -> Model:
         """The trained (or loaded) model of the suite's alias, on the run's device, in eval mode."""

@@ -257,6 +257,13 @@ def load_suite(path: str | Path, profile: str | None = None, overrides: Iterable
     for kind in ("models", "datasets"):
         for spec in sections[kind].values():
             problems.extend(_check_core(suite, spec))
+            check = getattr(suite.factory(spec), "check", None)
+            if callable(check):  # components may check their references against the suite, like studies
+                try:
+                    found = list(suite.factory(spec)(**spec.params).check(suite))
+                except Exception as e:
+                    found = [("", f"cannot build {spec.use!r}: {type(e).__name__}: {e}")]
+                problems.extend((f"{spec.key_path}.{k}" if k else spec.key_path, m) for k, m in found)
     for alias, spec in sections["studies"].items():
         try:
             study = suite.factory(spec)(**spec.params)
