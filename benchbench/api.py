@@ -136,7 +136,7 @@ class TrainContext:
 
     def log(self, **metrics: float) -> None:
         """Record one point of the training curve (e.g. ``step=100, train_bpd=3.1``)."""
-        self.curve.append({k: float(v) for k, v in metrics.items()})
+        self.curve.append({k: int(v) if isinstance(v, (int, np.integer)) else float(v) for k, v in metrics.items()})
 
 
 try:  # torch is a hard dependency, but keep `import benchbench.api` cheap to reason about

@@ -21,6 +21,10 @@ import numpy as np
 from benchbench.suite import canonical_json
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def default_cache_dir() -> Path:
     """``$BENCHBENCH_CACHE``, else ``$XDG_CACHE_HOME/benchbench``, else ``~/.cache/benchbench``."""
     if os.environ.get("BENCHBENCH_CACHE"):
@@ -47,6 +51,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -50,3 +50,10 @@ def test_ephemeral_cache_is_removed(tmp_path):
     assert root.exists()
     cache.close()
     assert not root.exists()
+
+
+def test_entries_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
