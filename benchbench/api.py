@@ -124,7 +124,13 @@ class Dataset:
 
 @dataclass
 class TrainContext:
-    """What a model's ``fit`` gets from the runner: device, seed, a scratch folder, a logger."""
+    """What a model's ``fit`` gets from the runner: device, seed, a scratch folder, a logger, the rank layout.
+
+    Data-parallel training (see :mod:`benchbench.distributed`): draw the *global* minibatch
+    indices (``batch_size * world_size``) from ``seed`` on every rank, train on
+    ``ctx.shard(indices)``, run the forward pass through ``ctx.data_parallel(self)``, and
+    write files only when ``ctx.is_main``. In one process all three are no-ops.
+    """
 
     device: Any = "cpu"
     seed: int = 0
@@ -133,6 +139,35 @@ class TrainContext:
     progress: bool = True
     #: Training-curve records (step, metrics), kept in the leaderboard.
     curve: list[dict[str, float]] = field(default_factory=list)
+    #: This process's rank layout (:class:`benchbench.distributed.DistInfo`); None = one process.
+    dist: Any = None
+
+    @property
+    def rank(self) -> int:
+        return self.dist.rank if self.dist is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size if self.dist is not None else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, indices):
+        """This rank's contiguous part of a global minibatch of indices."""
+        from benchbench.distributed import shard_bounds
+
+        start, stop = shard_bounds(len(indices), self.rank, self.world_size)
+        return indices[start:stop]
+
+    def data_parallel(self, module):
+        """``module`` under DistributedDataParallel in a distributed run, else ``module`` itself."""
+        if self.world_size == 1:
+            return module
+        from benchbench.distributed import data_parallel
+
+        return data_parallel(self.dist, module, self.device)
 
     def log(self, **metrics: float) -> None:
         """Record one point of the training curve (e.g. ``step=100, train_bpd=3.1``)."""

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from benchbench import distributed
     from benchbench.cache import Cache
     from benchbench.leaderboard import write_leaderboard
     from benchbench.runner import resolve_device, run_suite
@@ -47,16 +48,26 @@ def cmd_run(args) -> int:
 
     t0 = time.perf_counter()
     suite = load_suite(args.suite, profile=args.profile, overrides=args.overrides)
-    device = resolve_device(args.device)
+    layout = distributed.from_env()
+    device = resolve_device(args.device, layout.local_rank)
+    dist = distributed.init(device.type)
+    if args.no_cache and dist.enabled:
+        raise ValueError("--no-cache cannot be used in a distributed run: the ranks share results through the cache")
     cache = Cache(None if args.no_cache else (args.cache_dir or "default"))
     out = Path(args.out) if args.out else Path("leaderboards") / suite.name
-    print(f"benchbench: suite {suite.name!r} profile {suite.profile!r} on {device}; cache {cache.root}"
-          f"{' (throw-away)' if cache.ephemeral else ''}", file=sys.stderr)
+    if dist.is_main:
+        print(f"benchbench: suite {suite.name!r} profile {suite.profile!r} on {device}"
+              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; cache {cache.root}"
+              f"{' (throw-away)' if cache.ephemeral else ''}", file=sys.stderr)
     try:
-        result = run_suite(suite, cache=cache, device=device, progress=not args.no_progress, out_dir=out)
-        run = write_leaderboard(out, result, suite=suite, device=device)
+        result = run_suite(suite, cache=cache, device=device, progress=not args.no_progress, out_dir=out, dist=dist)
+        if not dist.is_main:  # rank 0 alone writes the leaderboard
+            distributed.shutdown()
+            return 0
+        run = write_leaderboard(out, result, suite=suite, device=device, world_size=dist.world_size)
     finally:
         cache.close()
+    distributed.shutdown()
     print((out / "README.md").read_text())
     for f in run["failures"]:
         print(f"benchbench: not computed: {f['where']}: {f['error'].splitlines()[0]}", file=sys.stderr)

@@ -125,7 +125,7 @@ def render_readme(rows: list[dict[str, Any]], run: dict[str, Any], descriptions:
     return "\n".join(lines)
 
 
-def write_leaderboard(out_dir: Path, result, *, suite, device, profile_seconds: float | None = None) -> dict[str, Any]:
+def write_leaderboard(out_dir: Path, result, *, suite, device, world_size: int = 1) -> dict[str, Any]:
     """Write every leaderboard file for a finished run; return the run.json content."""
     import benchbench
 
@@ -138,6 +138,7 @@ def write_leaderboard(out_dir: Path, result, *, suite, device, profile_seconds: 
         "profile": suite.profile,
         "seed": suite.seed,
         "device": str(device),
+        "world_size": world_size,
         "benchbench": benchbench.__version__,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

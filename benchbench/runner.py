@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,16 +19,23 @@ from typing import Any
 import numpy as np
 
 from benchbench.api import RESULT_COLUMNS, Detector, Model, Split, TrainContext
+from benchbench import distributed
 from benchbench.cache import Cache, atomic_write, cache_key, file_sha256
+from benchbench.distributed import DistInfo
 from benchbench.suite import Spec, Suite
 
 
-def resolve_device(name: str = "auto"):
-    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
+def resolve_device(name: str = "auto", local_rank: int = 0):
+    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device.
+
+    Under torchrun, a bare 'cuda' (or 'auto' on a GPU host) means this process's GPU, cuda:LOCAL_RANK.
+    """
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}" if "LOCAL_RANK" in os.environ else "cuda"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
@@ -61,6 +69,7 @@ class RunContext:
     progress: bool = True
     out_dir: Path | None = None
     current_study: str = ""
+    dist: DistInfo = field(default_factory=DistInfo)
     failures: list[Failure] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=lambda: {"datasets": {}, "checkpoints": {}, "components": {}})
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -137,9 +146,16 @@ class RunContext:
             key = cache_key(kind="checkpoint", plugin=spec.use, version=comp["version"], params=spec.params,
                             data=data.fingerprint, split=split, seed=self.seed)
             path = self.cache.checkpoint(key)
-            record.update(source="cache" if path else "trained", cache_key=key, trained_on=f"{train['data']}:{split}")
-            if path is None:
+            cached = distributed.broadcast(self.dist, path is not None)  # every rank takes rank 0's decision
+            record.update(source="cache" if cached else "trained", cache_key=key, trained_on=f"{train['data']}:{split}")
+            if not cached:
                 path = self._train(alias, spec, data, key, record)
+                distributed.barrier(self.dist)  # rank 0 has written the checkpoint
+                if not self.dist.is_main:
+                    path = self.cache.checkpoint(key)
+            if path is None:
+                raise RuntimeError(f"rank {self.dist.rank}: no checkpoint for {alias!r} in {self.cache.root} after "
+                                   "training: in a run over several hosts the cache folder must be shared")
             curve = self.cache.path("checkpoints", key, ".curve.json")
             if curve.is_file():
                 self.curves[alias] = json.loads(curve.read_text())
@@ -148,16 +164,22 @@ class RunContext:
         self._checkpoints[alias] = (path, record["sha256"])
         return self._checkpoints[alias]
 
-    def _train(self, alias: str, spec: Spec, data: Split, key: str, record: dict[str, Any]) -> Path:
+    def _train(self, alias: str, spec: Spec, data: Split, key: str, record: dict[str, Any]) -> Path | None:
+        """Train on every rank (data-parallel when distributed); rank 0 writes and returns the checkpoint."""
         import torch
 
-        torch.manual_seed(self.seed)
-        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed + self.dist.rank)  # in-rank randomness (e.g. dropout) differs per rank
+        np.random.seed((self.seed + self.dist.rank) % 2**32)
         model = self.suite.factory(spec)(**spec.params).to(self.device)
-        ctx = TrainContext(device=self.device, seed=self.seed, work_dir=self.cache.work_dir(key), progress=self.progress)
+        ctx = TrainContext(device=self.device, seed=self.seed, work_dir=self.cache.work_dir(key),
+                           progress=self.progress and self.dist.is_main, dist=self.dist)
         t0 = time.perf_counter()
         model.fit(data, ctx)
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
+        if self.dist.enabled:
+            record["world_size"] = self.dist.world_size
+        if not self.dist.is_main:
+            return None
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob = json.dumps(ctx.curve).encode()
         atomic_write(self.cache.path("checkpoints", key, ".curve.json"), lambda f: f.write(blob))
@@ -202,22 +224,26 @@ class RunContext:
         comp = self.suite.registry.get("models", mspec.use)
         key = cache_key(kind="scores", plugin=mspec.use, version=comp.component_version, params=mspec.params,
                         checkpoint=digest, data=data.fingerprint, dataset=dspec.use, split=split, seed=self.seed)
-        out = self.cache.load_arrays(key)
-        if out is None:
+        out = self.cache.load_arrays(key) if self.dist.is_main else None
+        if distributed.broadcast(self.dist, out is not None):
+            out = distributed.broadcast(self.dist, out)
+        else:
             model = self.model(model_alias)
             torch.manual_seed(self.seed)
             bs = int(getattr(model, "eval_batch_size", 256))
+            start, stop = distributed.shard_bounds(len(data), self.dist.rank, self.dist.world_size)
             parts: dict[str, list[np.ndarray]] = {}
-            starts = range(0, len(data), bs)
-            for i in _progress(starts, enabled=self.progress, desc=f"score {model_alias} on {dataset}:{split}"):
-                x = torch.from_numpy(data.images[i:i + bs]).to(self.device)
+            starts = range(start, stop, bs)
+            for i in _progress(starts, enabled=self.progress and self.dist.is_main, desc=f"score {model_alias} on {dataset}:{split}"):
+                x = torch.from_numpy(data.images[i:min(i + bs, stop)]).to(self.device)
                 for name, value in model.score(x).items():
                     parts.setdefault(name, []).append(value.detach().cpu().numpy())
-            out = {name: np.concatenate(vs) for name, vs in parts.items()}
+            out = distributed.gather_arrays(self.dist, {name: np.concatenate(vs) for name, vs in parts.items()})
             missing = set(getattr(model, "provides", ())) - set(out)
             if missing:
                 raise RuntimeError(f"model {model_alias!r} ({mspec.use}) declares {sorted(missing)} in 'provides' but score() did not return them")
-            self.cache.save_arrays(key, out)
+            if self.dist.is_main:
+                self.cache.save_arrays(key, out)
         if data.labels is not None:
             out = dict(out, labels=np.asarray(data.labels))
         self._scores[memo] = out
@@ -246,10 +272,14 @@ class RunResult:
 
 
 def run_suite(suite: Suite, *, cache: Cache, device: Any = "cpu", progress: bool = True,
-              out_dir: Path | None = None) -> RunResult:
-    """Run every study of the suite; a failing study is recorded, the others still run."""
+              out_dir: Path | None = None, dist: DistInfo | None = None) -> RunResult:
+    """Run every study of the suite; a failing study is recorded, the others still run.
+
+    In a distributed run every rank calls this; only rank 0 should write the leaderboard.
+    """
     t0 = time.perf_counter()
-    ctx = RunContext(suite=suite, cache=cache, device=device, progress=progress, out_dir=out_dir)
+    ctx = RunContext(suite=suite, cache=cache, device=device, progress=progress, out_dir=out_dir,
+                     dist=dist or DistInfo())
     rows: list[dict[str, Any]] = []
     for alias, spec in suite.studies.items():
         ctx._component(spec)

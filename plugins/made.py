@@ -248,15 +248,20 @@ class MADE(Model):
         opt = torch.optim.Adam(self.parameters(), lr=self.lr)
         log_every = max(1, self.steps // 20)
         self.train()
+        net = ctx.data_parallel(self)  # DDP in a torchrun run; gradients averaged over ranks
+        global_batch = self.batch_size * ctx.world_size  # batch_size is per rank
+        if global_batch > n:
+            raise ValueError(f"MADE batch_size x world size = {global_batch} exceeds the {n} training images")
         perm, pos, running, window = torch.randperm(n, generator=gen), 0, None, []
         bar = tqdm(range(self.steps), desc="made", file=sys.stderr, disable=not ctx.progress, leave=False)
         for step in bar:
-            if pos + self.batch_size > n:
+            if pos + global_batch > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos:pos + self.batch_size].to(device)
-            pos += self.batch_size
+            idx = ctx.shard(perm[pos:pos + global_batch]).to(device)  # every rank draws the same global batch
+            pos += global_batch
             k = int(torch.randint(self.num_masks, (), generator=gen)) if self.num_masks > 1 else 0
-            lp = self.conditional_log_probs(images[idx].float(), k).sum(1)
+            x = images[idx].float()
+            lp = self._head_log_prob(net(x, k), self._flat_unit(x)).sum(1)
             loss = -lp.mean() / (D * lk.LOG2)  # bits/dim
             opt.zero_grad(set_to_none=True)
             loss.backward()
