@@ -34,6 +34,8 @@ DEFAULT_PLUGINS = {
     "made": "benchbench_plugins.made",
     "ar_detectors": "benchbench_plugins.ar_detectors",
     "ood_study": "benchbench_plugins.ood_study",
+    "wgan_gp": "benchbench_plugins.wgan_gp",
+    "gan_samples": "benchbench_plugins.gan_samples",
 }
 
 
