@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="recompute everything; read and write no persistent cache")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--strict", action="store_true", help="exit 1 if any part of the run failed")
+    r.add_argument("--threads", type=int, help="CPU threads torch may use in this process (default: torch's choice)")
 
     v = sub.add_parser("validate", help="check a suite (every profile) without running it")
     v.add_argument("suite")
@@ -48,6 +49,12 @@ def cmd_run(args) -> int:
 
     t0 = time.perf_counter()
     suite = load_suite(args.suite, profile=args.profile, overrides=args.overrides)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     layout = distributed.from_env()
     device = resolve_device(args.device, layout.local_rank)
     dist = distributed.init(device.type)

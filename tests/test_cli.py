@@ -105,3 +105,8 @@ def test_validate_and_plugins_commands(capsys, tmp_path):
     for name in ("made", "digits", "noise", "constant", "photo_patches", "ar-2sd", "ar-1sd", "ar-one-sided", "ood"):
         assert f" {name} " in text, name
     assert "benchbench" in text
+
+
+def test_threads_option_is_checked(capsys):
+    assert main(["run", str(SUITES / "quickstart.yaml"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
