@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = {
     "image_datasets": "benchbench_plugins.image_datasets",
     "samples": "benchbench_plugins.samples",
     "made": "benchbench_plugins.made",
+    "pixelcnnpp": "benchbench_plugins.pixelcnnpp",
     "ar_detectors": "benchbench_plugins.ar_detectors",
     "ood_study": "benchbench_plugins.ood_study",
     "wgan_gp": "benchbench_plugins.wgan_gp",

@@ -14,6 +14,8 @@ Rows:
 A set, model or detector that fails is recorded as not computed; the rest goes on.
 Eval sets are named by their suite alias, with ``:split`` appended when the split is
 not ``test``; the in-distribution fit split appears as ``<alias>:<fit split>``.
+``in_distribution: {data: mnist, fit: train, eval: test}``; ``fit`` and ``eval`` may also
+name another alias of the same data, ``fit: mnist_2k:train`` (e.g. a subset for mu, sigma).
 """
 from __future__ import annotations
 
@@ -30,6 +32,12 @@ from benchbench.suite import check_split
 def _ref(ref: str) -> tuple[str, str]:
     name, _, split = str(ref).partition(":")
     return name, split or "test"
+
+
+def _split_ref(data: str, ref: str) -> tuple[str, str]:
+    """'train' -> (data, 'train'); 'alias:train' -> ('alias', 'train')."""
+    name, _, split = str(ref).rpartition(":")
+    return (name or data), split
 
 
 def _label(name: str, split: str) -> str:
@@ -62,8 +70,12 @@ class OODGrid(Study):
         if not suite.has("datasets", ind["data"]):
             yield "in_distribution.data", f"unknown dataset {ind['data']!r}{suggest(ind['data'], suite.datasets)}"
         else:
-            yield from check_split(suite, ind["data"], ind.get("fit", "train"), "in_distribution.fit")
-            yield from check_split(suite, ind["data"], ind.get("eval", "test"), "in_distribution.eval")
+            for key, default in (("fit", "train"), ("eval", "test")):
+                name, split = _split_ref(ind["data"], ind.get(key, default))
+                if not suite.has("datasets", name):
+                    yield f"in_distribution.{key}", f"unknown dataset {name!r}{suggest(name, suite.datasets)}"
+                else:
+                    yield from check_split(suite, name, split, f"in_distribution.{key}")
         for i, ref in enumerate(self.ood):
             name, split = _ref(ref)
             if not suite.has("datasets", name):
@@ -91,13 +103,15 @@ class OODGrid(Study):
 
     def run(self, ctx) -> Iterator[dict]:
         ind = self.in_distribution
-        data, fit_split, eval_split = ind["data"], ind.get("fit", "train"), ind.get("eval", "test")
-        eval_sets = [(data, eval_split)] + [_ref(r) for r in self.ood]
+        data = ind["data"]
+        fit_data, fit_split = _split_ref(data, ind.get("fit", "train"))
+        eval_data, eval_split = _split_ref(data, ind.get("eval", "test"))
+        eval_sets = [(eval_data, eval_split)] + [_ref(r) for r in self.ood]
         for model in self.models:
             try:
-                fit_scores = ctx.scores(model, data, fit_split)
+                fit_scores = ctx.scores(model, fit_data, fit_split)
             except Exception as e:
-                ctx.fail(f"model {model} on {data}:{fit_split}", e)
+                ctx.fail(f"model {model} on {fit_data}:{fit_split}", e)
                 continue
             base = {"model": model, "in_distribution": data}
             evals: dict[str, dict[str, np.ndarray]] = {}
@@ -106,12 +120,12 @@ class OODGrid(Study):
                     evals[_label(name, split)] = ctx.scores(model, name, split)
                 except Exception as e:
                     ctx.fail(f"model {model} on {name}:{split}", e)
-            for label, sc in [(f"{data}:{fit_split}", fit_scores)] + list(evals.items()):
+            for label, sc in [(f"{fit_data}:{fit_split}", fit_scores)] + list(evals.items()):
                 if "bpd" in sc:
                     n = len(sc["bpd"])
                     yield {**base, "eval_set": label, "metric": "bpd_mean", "value": float(np.mean(sc["bpd"])), "n": n}
                     yield {**base, "eval_set": label, "metric": "bpd_std", "value": float(np.std(sc["bpd"])), "n": n}
-            in_label = _label(data, eval_split)
+            in_label = _label(eval_data, eval_split)
             for det_name in self.detectors:
                 try:
                     det = ctx.detector(det_name)
