@@ -110,3 +110,14 @@ def test_validate_and_plugins_commands(capsys, tmp_path):
 def test_threads_option_is_checked(capsys):
     assert main(["run", str(SUITES / "quickstart.yaml"), "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_quickstart_runs_pixelcnnpp_beside_made(tmp_path):
+    out = tmp_path / "lb"
+    argv = ["run", str(SUITES / "quickstart.yaml"), "--profile", "smoke", "--device", "cpu", "--no-progress",
+            "--out", str(out), "--set", "studies.ood.models=[made, pixelcnn]"]
+    assert main(argv) == 0
+    df = pd.read_csv(out / "results.csv")
+    assert set(df.model) == {"made", "pixelcnn"}
+    assert len(df[(df.model == "pixelcnn") & (df.metric == "auroc")]) == 12  # 4 outlier sets x 3 detectors
+    assert not json.loads((out / "run.json").read_text())["failures"]
