@@ -161,6 +161,14 @@ class TrainContext:
         start, stop = shard_bounds(len(indices), self.rank, self.world_size)
         return indices[start:stop]
 
+    def all_reduce(self, grads: list, average: bool = False) -> list:
+        """Gradients summed (or averaged) over the ranks, for loops that use ``torch.autograd.grad``."""
+        if self.world_size == 1:
+            return grads
+        from benchbench.distributed import all_reduce_gradients
+
+        return all_reduce_gradients(self.dist, grads, average=average)
+
     def data_parallel(self, module):
         """``module`` under DistributedDataParallel in a distributed run, else ``module`` itself."""
         if self.world_size == 1:

@@ -9,10 +9,10 @@
   its own contiguous part (``TrainContext.shard``); gradients are averaged by DDP, so
   the update equals a single process with the global batch. Only rank 0 writes
   checkpoints and resumable state; the others wait and read.
-* **scoring** is sharded: rank r scores the r-th contiguous slice of the data set
-  (slices differ by at most one image when N is not divisible by the world size);
-  the slices are gathered back in the original order, so per-sample scores are the
-  same as in one process.
+* **scoring** is sharded: rank r scores the r-th contiguous slice of the data set,
+  cut at multiples of the evaluation batch size (so every batch holds the same images
+  as in one process); the slices are gathered back in the original order, so per-sample
+  scores are the same as in one process, bit for bit.
 * rank 0 alone writes the cache and the leaderboard.
 
 Seeds: data order comes from the suite seed on every rank; anything random inside a
@@ -89,11 +89,19 @@ def broadcast(info: DistInfo, obj: Any) -> Any:
     return box[0]
 
 
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous slice [start, stop) of n items that ``rank`` handles (sizes differ by at most 1)."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+def shard_bounds(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]:
+    """The contiguous slice [start, stop) of n items that ``rank`` handles.
+
+    The items are cut into blocks of ``align`` (the last may be short) and the blocks are
+    shared out contiguously, counts differing by at most one block. Scoring aligns shards to
+    the evaluation batch size, so every batch holds the same images as in one process and the
+    per-sample scores are bit-for-bit the same.
+    """
+    blocks = -(-n // align) if n else 0
+    base, extra = divmod(blocks, world_size)
+    first = rank * base + min(rank, extra)
+    last = first + base + (1 if rank < extra else 0)
+    return min(first * align, n), min(last * align, n)
 
 
 def gather_arrays(info: DistInfo, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,3 +126,22 @@ def data_parallel(info: DistInfo, module, device) -> Any:
     # buffers are not broadcast: benchbench's models keep none that training changes across ranks
     # (MADE swaps its mask buffers per step identically on every rank)
     return DDP(module, device_ids=[info.local_rank] if dev == "cuda" else None, broadcast_buffers=False)
+
+
+def all_reduce_gradients(info: DistInfo, grads: list, average: bool = False) -> list:
+    """Sum (or average) a list of gradient tensors over the ranks, in one flattened all-reduce.
+
+    For models whose training loop computes gradients with ``torch.autograd.grad`` rather than
+    ``backward()`` (which DistributedDataParallel hooks into): the same reduction DDP performs.
+    """
+    if not info.enabled or not grads:
+        return grads
+    import torch
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    flat = _flatten_dense_tensors([g.contiguous() for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    if average:
+        flat /= info.world_size
+    return [t.view_as(g) for t, g in zip(_unflatten_dense_tensors(flat, grads), grads)]

@@ -231,7 +231,7 @@ class RunContext:
             model = self.model(model_alias)
             torch.manual_seed(self.seed)
             bs = int(getattr(model, "eval_batch_size", 256))
-            start, stop = distributed.shard_bounds(len(data), self.dist.rank, self.dist.world_size)
+            start, stop = distributed.shard_bounds(len(data), self.dist.rank, self.dist.world_size, align=bs)
             parts: dict[str, list[np.ndarray]] = {}
             starts = range(start, stop, bs)
             for i in _progress(starts, enabled=self.progress and self.dist.is_main, desc=f"score {model_alias} on {dataset}:{split}"):

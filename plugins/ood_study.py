@@ -122,9 +122,9 @@ class OODGrid(Study):
                     ctx.fail(f"model {model} on {name}:{split}", e)
             for label, sc in [(f"{fit_data}:{fit_split}", fit_scores)] + list(evals.items()):
                 if "bpd" in sc:
-                    n = len(sc["bpd"])
-                    yield {**base, "eval_set": label, "metric": "bpd_mean", "value": float(np.mean(sc["bpd"])), "n": n}
-                    yield {**base, "eval_set": label, "metric": "bpd_std", "value": float(np.std(sc["bpd"])), "n": n}
+                    bpd = np.asarray(sc["bpd"], dtype=np.float64)
+                    yield {**base, "eval_set": label, "metric": "bpd_mean", "value": float(bpd.mean()), "n": len(bpd)}
+                    yield {**base, "eval_set": label, "metric": "bpd_std", "value": float(bpd.std()), "n": len(bpd)}
             in_label = _label(eval_data, eval_split)
             for det_name in self.detectors:
                 try:

@@ -95,7 +95,7 @@ def test_a_failing_dataset_does_not_lose_the_rest(tmp_path):
 
 def test_validate_and_plugins_commands(capsys, tmp_path):
     assert main(["validate", str(SUITES / "quickstart.yaml")]) == 0
-    assert "valid (profiles checked: cpu, smoke)" in capsys.readouterr().out
+    assert "valid (profiles checked: cpu, pixelcnn, smoke)" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text((SUITES / "quickstart.yaml").read_text().replace("use: made", "use: mad"))
     assert main(["validate", str(bad)]) == 2

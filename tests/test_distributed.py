@@ -24,13 +24,15 @@ def torchrun(args, env=None, nproc=2):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (1, 2), (7, 3), (0, 2)])
-def test_shards_cover_everything_once_in_order(n, world):
-    bounds = [shard_bounds(n, r, world) for r in range(world)]
+@pytest.mark.parametrize("n,world,align", [(10, 2, 1), (11, 2, 1), (1, 2, 1), (7, 3, 1), (0, 2, 1),
+                                           (51, 2, 8), (360, 2, 256), (5, 3, 4), (100, 4, 7)])
+def test_shards_cover_everything_once_in_order(n, world, align):
+    bounds = [shard_bounds(n, r, world, align) for r in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    sizes = [b - a for a, b in bounds]
-    assert max(sizes) - min(sizes) <= 1
+    assert all(a % align == 0 or a == n for a, _ in bounds)  # every shard starts on a batch boundary
+    blocks = [-(-(b - a) // align) for a, b in bounds]
+    assert max(blocks) - min(blocks) <= 1
 
 
 def test_sharded_scoring_and_results_equal_one_process(tmp_path):
@@ -49,7 +51,7 @@ def test_sharded_scoring_and_results_equal_one_process(tmp_path):
     a = pd.read_parquet(tmp_path / "one" / "model_scores.parquet")
     b = pd.read_parquet(tmp_path / "two" / "model_scores.parquet")
     assert len(a) == len(b) and (a[["model", "dataset", "split", "score", "index"]] == b[["model", "dataset", "split", "score", "index"]]).all().all()
-    np.testing.assert_allclose(b["value"].to_numpy(), a["value"].to_numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(b["value"].to_numpy(), a["value"].to_numpy())  # bit for bit
     assert (tmp_path / "two" / "results.csv").read_bytes() == (tmp_path / "one" / "results.csv").read_bytes()
     # one process wrote the cache: the same entries as the single-process run, no stray temporary files
     files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "work" not in p.parts)
