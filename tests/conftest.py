@@ -27,3 +27,14 @@ def shared_data_dir() -> Path | None:
         if cand and Path(cand).is_dir():
             return Path(cand)
     return None
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: extra intra-op threads only add overhead (and contend on shared CPUs)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

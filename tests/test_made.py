@@ -17,13 +17,7 @@ from benchbench_plugins.made import HEADS, MADE, register_models
 ORDERINGS = ("natural", "random")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: extra intra-op threads only add overhead (and contend on shared CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add overhead
 
 
 def random_made(head, ordering="natural", num_masks=1, shape=(1, 2, 2), hidden=(16, 16), scale=1.0, seed=0, **kw):

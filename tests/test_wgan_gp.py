@@ -19,12 +19,7 @@ from benchbench_plugins.gan_samples import GANSamples
 from benchbench_plugins.wgan_gp import Critic, Generator, WGANGP, gradient_penalty, register_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only add overhead
 
 
 def tiny_data(n=16, shape=(1, 32, 32), seed=0) -> Split:
