@@ -177,6 +177,18 @@ def test_fused_ops_gradcheck_including_dropout():
     x = torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True)
     c2 = torch.randn(2, 6, 4, 5, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(pp._GatedResidual.apply, (x, c2))
+    # conv on the concat_elu buffer, rebuilt in the backward pass (same dropout mask)
+    w = torch.randn(4, 10, 2, 3, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True)
+
+    def g(w, b, *a):
+        torch.manual_seed(4)
+        return pp._ConcatEluConv.apply((1, 1, 1), 0.5, w, b, *a)
+
+    assert torch.autograd.gradcheck(g, (w, b, *xs))
+    torch.manual_seed(4)
+    ref = F.conv2d(pp._ConcatEluPad.apply((1, 1, 1), 0.5, *xs), w, b)
+    torch.testing.assert_close(g(w, b, *xs), ref)
 
 
 # --------------------------------------------------------------------------- autoregressive property
