@@ -1,0 +1,247 @@
+"""Throughput, memory and FLOP-efficiency benchmark of the PixelCNN++ plugin on CPU.
+
+    python benchmarks/bench_pixelcnnpp.py                       # the four issue configs, batch 16, 2 threads
+    python benchmarks/bench_pixelcnnpp.py --configs 2/64/10@32x3 --repeats 5
+    python benchmarks/bench_pixelcnnpp.py --compile             # torch.compile (minutes of compile time)
+    python benchmarks/bench_pixelcnnpp.py --unfused             # plain pad/cat/elu ops, NCHW (for comparison)
+
+A config is ``nr_resnet/nr_filters/nr_logistic_mix@SIZExCHANNELS``. Every (config, mode) runs in a fresh
+subprocess so that its peak memory (max RSS, ``resource.getrusage``) is its own. Per mode:
+
+* eval:  ``model.score`` (no grad, eval mode) on a batch of random uint8 images;
+* train: one ``PixelCNNppTrainer.train_step`` = forward + backward + the reference's Adam step + EMA,
+  exactly what ``fit`` runs per step (dropout 0.5 on).
+
+FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls,
+forward for eval, forward + backward for train), and "% matmul" is the achieved FLOP rate over the
+fp32 ``torch.matmul`` rate measured here on the same threads. "busy" is the CPU time other processes
+took during the timed part (from /proc/stat), as a check on whether the numbers are clean: this is a
+shared machine. No assertions: this prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_CONFIGS = ["5/160/10@32x3", "2/64/10@32x3", "1/32/5@32x3", "2/64/5@28x1"]
+#: Figures quoted in the issue for the most-used PyTorch port on this machine (2 cores, batch 16).
+REFERENCE = {
+    "5/160/10@32x3": {"eval": 3.6, "train": 1.2, "train_mem_gb": 8.8},
+    "2/64/10@32x3": {"eval": 36.0, "train": 11.8},
+    "1/32/5@32x3": {"eval": 137.0, "train": 47.0},
+    "2/64/5@28x1": {"eval": 39.0, "train": 16.0},
+}
+
+
+def parse_config(spec: str) -> dict:
+    arch, _, shape = spec.partition("@")
+    r, f, k = (int(v) for v in arch.split("/"))
+    size, _, ch = (shape or "32x3").partition("x")
+    return dict(nr_resnet=r, nr_filters=f, nr_logistic_mix=k, size=int(size), channels=int(ch or 3))
+
+
+def _cpu_busy_seconds() -> float:
+    with open("/proc/stat") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.9, window: float = 3.0) -> float:
+    """Wait (up to ``max_wait`` s) until the machine's CPUs are >= ``threshold`` idle over ``window`` s.
+
+    Returns the idle fraction last seen. On a shared machine this keeps other jobs out of the figures.
+    """
+    deadline = time.monotonic() + max_wait
+    ncpu = os.cpu_count() or 1
+    while True:
+        b0, t0 = _cpu_busy_seconds(), time.monotonic()
+        time.sleep(window)
+        idle = 1.0 - (_cpu_busy_seconds() - b0) / ((time.monotonic() - t0) * ncpu)
+        if idle >= threshold or time.monotonic() >= deadline:
+            return idle
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def matmul_gflops(threads: int, n: int = 4096, repeats: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- worker (one subprocess per row)
+
+
+def worker(cfg: dict) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchbench_plugins.pixelcnnpp import PixelCNNpp, PixelCNNppTrainer
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    c = parse_config(cfg["config"])
+    model = PixelCNNpp(in_channels=c["channels"], nr_resnet=c["nr_resnet"], nr_filters=c["nr_filters"],
+                       nr_logistic_mix=c["nr_logistic_mix"], compile=cfg["compile"])
+    if cfg["unfused"]:
+        model.net.set_fused(False)
+        model.net.channels_last = False
+    shape = (cfg["batch"], c["channels"], c["size"], c["size"])
+    x8 = torch.randint(0, 256, shape, dtype=torch.uint8)
+    base_rss = _rss_mb()
+    if cfg["mode"] == "eval":
+        model.eval()
+
+        def step():
+            return model.score(x8)["log_prob"]
+    else:
+        model.train()
+        trainer = PixelCNNppTrainer(model)
+        xf = x8.float()
+
+        def step():
+            return trainer.train_step(xf)
+
+    t0 = time.perf_counter()
+    step()  # warm-up (and compilation)
+    first = time.perf_counter() - t0
+    busy0, cpu0, w0 = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    times = [_timed(step) for _ in range(cfg["repeats"])]
+    wall = time.perf_counter() - w0
+    foreign = max(0.0, (_cpu_busy_seconds() - busy0) - (time.process_time() - cpu0)) / (wall * os.cpu_count())
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # FLOPs on a batch of 2 (they scale linearly with the batch)
+    xs = x8[:2]
+    with FlopCounterMode(display=False) as fc:
+        if cfg["mode"] == "eval":
+            with torch.no_grad():
+                model.log_prob(xs.float())
+        else:
+            (-model.log_prob(xs.float()).sum()).backward()
+    flops = fc.get_total_flops() / 2
+    return {
+        "config": cfg["config"], "mode": cfg["mode"], "batch": cfg["batch"],
+        "img_s_best": cfg["batch"] / min(times), "img_s_median": cfg["batch"] / statistics.median(times),
+        "first_call_s": first, "flops_per_img": flops, "params": sum(p.numel() for p in model.parameters()),
+        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "foreign_busy": foreign,
+        "compiled": bool(cfg["compile"] and not model._compile_failed),
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_one(cfg: dict, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"config": cfg["config"], "mode": cfg["mode"], "error": f"timeout after {timeout:.0f}s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"config": cfg["config"], "mode": cfg["mode"], "error": proc.stderr.strip()[-400:]}
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help="comma-separated R/F/K@SIZExC (default: the issue's four)")
+    ap.add_argument("--modes", default="eval,train")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up (default 3)")
+    ap.add_argument("--train-repeats", type=int, default=None, help="override --repeats for training")
+    ap.add_argument("--compile", action="store_true", help="PixelCNNpp(compile=True), eager fallback on failure")
+    ap.add_argument("--unfused", action="store_true", help="plain pad/cat/elu ops in NCHW, for comparison")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per (config, mode) subprocess")
+    ap.add_argument("--json", default=None, help="also write the raw rows to this file")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each measurement wait up to S seconds for the CPUs to be >= 90%% idle")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    if args.wait_idle:
+        wait_for_idle(args.wait_idle)
+    mm = matmul_gflops(args.threads)
+    print(f"fp32 torch.matmul (4096^2, {args.threads} threads): {mm:.0f} GFLOP/s", flush=True)
+    rows = []
+    for spec in args.configs.split(","):
+        for mode in args.modes.split(","):
+            reps = args.train_repeats if (mode == "train" and args.train_repeats) else args.repeats
+            cfg = dict(config=spec.strip(), mode=mode, batch=args.batch, threads=args.threads, repeats=reps,
+                       compile=args.compile, unfused=args.unfused)
+            if args.wait_idle:
+                wait_for_idle(args.wait_idle)
+            r = run_one(cfg, args.timeout)
+            rows.append(r)
+            if "error" in r:
+                print(f"  {spec} {mode}: FAILED {r['error']}", flush=True)
+            else:
+                print(f"  {spec} {mode}: {r['img_s_best']:.2f} img/s (median {r['img_s_median']:.2f}), "
+                      f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GB, busy {100 * r['foreign_busy']:.0f}%", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"matmul_gflops": mm, "args": vars(args), "rows": rows}, fh, indent=1)
+    print()
+    print(table(rows, mm))
+
+
+def table(rows: list[dict], mm: float) -> str:
+    by = {(r["config"], r["mode"]): r for r in rows}
+    head = ("| config | params | GFLOP/img eval / train | eval img/s (x ref) | train img/s (x ref) "
+            "| % matmul eval / train | peak RSS eval / train (GB) | busy |")
+    out = [head, "|" + "---|" * 8]
+    for spec in dict.fromkeys(r["config"] for r in rows):
+        ev, tr = by.get((spec, "eval"), {}), by.get((spec, "train"), {})
+        ref = REFERENCE.get(spec, {})
+
+        def rate(r, key):
+            if not r or "error" in r:
+                return "n/a" if not r else "failed"
+            v = r["img_s_best"]
+            return f"{v:.2f}" + (f" ({v / ref[key]:.2f}x)" if key in ref else "")
+
+        def pct(r):
+            return f"{100 * r['img_s_best'] * r['flops_per_img'] / 1e9 / mm:.0f}%" if r and "error" not in r else "-"
+
+        def gb(r):
+            return f"{r['peak_rss_mb'] / 1024:.2f}" if r and "error" not in r else "-"
+
+        anyr = ev if ev and "error" not in ev else tr
+        params = f"{anyr['params'] / 1e6:.2f}M" if anyr and "error" not in anyr else "-"
+        fl = "/".join(f"{r['flops_per_img'] / 1e9:.2f}" if r and "error" not in r else "-" for r in (ev, tr))
+        busy = max((r.get("foreign_busy", 0) for r in (ev, tr) if r and "error" not in r), default=0)
+        out.append(f"| {spec} | {params} | {fl} | {rate(ev, 'eval')} | {rate(tr, 'train')} | {pct(ev)} / {pct(tr)} "
+                   f"| {gb(ev)} / {gb(tr)} | {100 * busy:.0f}% |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
