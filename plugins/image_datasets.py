@@ -427,6 +427,10 @@ class ImageDataset(Dataset):
 
     name: ClassVar[str]
 
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        cls.splits = tuple(SPECS[cls.name].split_sizes)  # the spec is the one place that lists them
+
     def __init__(self, data_dir: str | None = None, limit: int | None = None):
         self.data_dir = data_dir
         self.limit = limit
@@ -462,28 +466,24 @@ class CIFAR10(ImageDataset):
     """CIFAR-10, 32x32 RGB, splits train (50,000) / test (10,000)."""
 
     name = "cifar10"
-    splits = tuple(SPECS["cifar10"].split_sizes)
 
 
 class SVHN(ImageDataset):
     """SVHN cropped digits (format 2), 32x32 RGB, splits train / test / extra; labels 0..9 (digit 0 is 0)."""
 
     name = "svhn"
-    splits = tuple(SPECS["svhn"].split_sizes)
 
 
 class MNIST(ImageDataset):
     """MNIST, 28x28 greyscale, splits train (60,000) / test (10,000)."""
 
     name = "mnist"
-    splits = tuple(SPECS["mnist"].split_sizes)
 
 
 class FashionMNIST(ImageDataset):
     """Fashion-MNIST, 28x28 greyscale, splits train (60,000) / test (10,000)."""
 
     name = "fashion_mnist"
-    splits = tuple(SPECS["fashion_mnist"].split_sizes)
 
 
 def stroke_colors(seed: int, split_index: int, n: int) -> np.ndarray:
