@@ -53,7 +53,7 @@ def _cpu_busy_seconds() -> float:
     return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for_idle(max_wait: float, threshold: float = 0.9, window: float = 3.0) -> float:
+def wait_for_idle(max_wait: float, threshold: float = 0.9, window: float = 10.0) -> float:
     """Wait (up to ``max_wait`` s) until the machine's CPUs are >= ``threshold`` idle over ``window`` s.
 
     Returns the idle fraction last seen. On a shared machine this keeps other jobs out of the figures.

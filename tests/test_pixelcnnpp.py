@@ -340,7 +340,7 @@ def _slow_mixture_log_prob_mp(x, out, k):
 
 
 @pytest.mark.parametrize("c", [3, 1])
-def test_loss_matches_slow_float64_formula(c):
+def test_loss_matches_slow_high_precision_formula(c):
     k = 4
     m = randomise(tiny(c, nr_logistic_mix=k))
     x = images(2, c, 4, 4, seed=5)
@@ -547,3 +547,8 @@ def test_wrong_channel_count_is_a_clear_error():
 def test_registered_as_plugin():
     assert pp.register_models() == {"pixelcnnpp": PixelCNNpp}
     assert PixelCNNpp.provides == ("log_prob", "bpd", "nll_pixels")
+
+
+def test_steps_or_epochs():
+    assert tiny(steps=7)._num_steps(100) == 7
+    assert tiny(epochs=3, batch_size=16)._num_steps(100) == 3 * 6  # the last partial batch is dropped
