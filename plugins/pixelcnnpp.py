@@ -378,14 +378,16 @@ class WNConv2d(nn.Module):
             return self._data_init(lambda w: self._conv(x, w * input_scale, None))
         return self._conv(x, self.weight(input_scale), self.b)
 
-    def forward_concat_elu(self, xs, pad, drop_p: float = 0.0, fused: bool = True) -> torch.Tensor:
-        """This layer on ``concat_elu_pad(xs, pad, drop_p)``, with the dropout scale 1/(1-p) folded into the weights."""
+    def forward_concat_elu(self, xs, pad, drop_p: float = 0.0, fused: bool = True, recompute: bool = True):
+        """This layer on ``concat_elu_pad(xs, pad, drop_p)``, with the dropout scale 1/(1-p) folded into the weights.
+
+        ``recompute``: keep ``xs`` rather than the buffer for the backward pass (:class:`_ConcatEluConv`)."""
         scale = 1.0 / (1.0 - drop_p)
-        if fused and torch.is_grad_enabled() and not self.ddi and not self.transposed and self.stride == 1:
+        if recompute and fused and torch.is_grad_enabled() and not self.ddi and not self.transposed and self.stride == 1:
             return _ConcatEluConv.apply(tuple(pad), float(drop_p), self.weight(scale), self.b, *xs)
         return self(concat_elu_pad(xs, pad, drop_p, fused=fused), input_scale=scale)
 
-    def forward_parts(self, parts, fused: bool = True) -> torch.Tensor:
+    def forward_parts(self, parts, fused: bool = True, recompute: bool = True) -> torch.Tensor:
         """This 1x1 layer applied to ``concat_elu(concat([s_1, ..., s_m]))`` (the reference's short-cut
         ``nin``), one part at a time: the weight's input columns ``[elu(s_1..s_m) | elu(-s_1..-s_m)]`` are
         split per part. A part is ``(s_j, None)`` or ``(buffer, pad)`` with an existing
@@ -399,7 +401,7 @@ class WNConv2d(nn.Module):
                 wj = w if m == 1 else torch.cat([w[:, j * c:(j + 1) * c], w[:, (m + j) * c:(m + j + 1) * c]], 1)
                 bj = b if j == 0 else None
                 if pad is None:  # a raw input: concat_elu it here
-                    if fused and torch.is_grad_enabled() and not self.ddi:
+                    if recompute and fused and torch.is_grad_enabled() and not self.ddi:
                         yj = _ConcatEluConv.apply(NO_PAD, 0.0, wj, bj, t)
                     else:
                         yj = F.conv2d(concat_elu_pad((t,), NO_PAD, fused=fused), wj, bj)
@@ -447,16 +449,19 @@ class GatedResnet(nn.Module):
         self.pad = PAD_U if stream == "u" else PAD_UL
         self.dropout = float(dropout)
         self.fused = True
+        #: Rebuild concat_elu buffers in the backward pass instead of keeping them (less memory, more work).
+        self.recompute = True
         self.conv1 = WNConv2d(2 * nf, nf, kernel)
         self.nin = WNConv2d(2 * skip_channels, nf, eps=1e-10) if skip_channels else None
         self.conv2 = WNConv2d(2 * nf, 2 * nf, kernel, init_scale=0.1)
 
     def forward(self, x: torch.Tensor, h1: torch.Tensor | None = None, skips=()) -> torch.Tensor:
-        c1 = self.conv1(h1) if h1 is not None else self.conv1.forward_concat_elu((x,), self.pad, fused=self.fused)
+        rec = self.recompute
+        c1 = self.conv1(h1) if h1 is not None else self.conv1.forward_concat_elu((x,), self.pad, 0.0, self.fused, rec)
         if skips:
-            c1 = c1.add_(self.nin.forward_parts(skips, self.fused))  # the conv output is not needed by autograd
+            c1 = c1.add_(self.nin.forward_parts(skips, self.fused, rec))  # the conv output is not needed by autograd
         p = self.dropout if self.training else 0.0
-        c2 = self.conv2.forward_concat_elu((c1,), self.pad, p, fused=self.fused)
+        c2 = self.conv2.forward_concat_elu((c1,), self.pad, p, self.fused, rec)
         return gated_residual(x, c2, fused=self.fused)
 
 
