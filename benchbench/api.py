@@ -203,6 +203,9 @@ class Model(_ModuleBase):
     provides: ClassVar[tuple[str, ...]] = ("log_prob", "bpd")
     #: Batch size used by the runner when scoring.
     eval_batch_size: int = 256
+    #: False for a model with nothing to learn (e.g. a lossless compressor): the suite then
+    #: needs neither ``train`` nor ``checkpoint`` for it, and ``fit`` is never called.
+    trainable: ClassVar[bool] = True
 
     def log_prob(self, x: "torch.Tensor") -> "torch.Tensor":
         """Log-likelihood in nats, shape (N,), of images ``x`` given as floats in [0, 255], shape (N, C, H, W).
@@ -235,9 +238,20 @@ class Detector:
     * ``predict`` -> +1 in-distribution, -1 outlier.
     """
 
-    #: Per-sample score names this detector needs from the model.
+    #: Per-sample score names this detector needs from the model. A name ``"role/score"``
+    #: is the score of another model of the suite, named by :meth:`model_roles`.
     requires: ClassVar[tuple[str, ...]] = ("bpd",)
+    #: Extra names handed to ``fit`` only (e.g. ``"labels"`` of the in-distribution fit split);
+    #: an eval set never supplies them, so no detector can read an outlier set's labels.
+    fit_requires: ClassVar[tuple[str, ...]] = ()
     offset_: float
+
+    def model_roles(self) -> dict[str, str]:
+        """Other suite models this detector reads, ``{role: model alias}`` (e.g. a background model).
+
+        Their scores arrive as ``"role/<score>"`` for the same images; the default is none.
+        """
+        return {}
 
     def fit(self, scores: Scores) -> "Detector":
         raise NotImplementedError
@@ -271,6 +285,10 @@ class Study:
 
     def run(self, ctx: Any) -> Iterable[Row]:
         raise NotImplementedError
+
+    def report(self, rows: list[Row]) -> str:
+        """Optional: markdown summarising this study's rows (e.g. a paper's table layout) for the leaderboard."""
+        return ""
 
 
 Factory = Callable[..., Any]

@@ -156,7 +156,7 @@ def write_leaderboard(out_dir: Path, result, *, suite, device, world_size: int =
     }
     text = results_csv(result.rows)
     atomic_write(out_dir / "results.csv", lambda f: f.write(text.encode()))
-    readme = render_readme(result.rows, run)
+    readme = render_readme(result.rows, run, getattr(ctx, "reports", None))
     atomic_write(out_dir / "README.md", lambda f: f.write(readme.encode()))
     blob = json.dumps(run, indent=2, sort_keys=False, default=str) + "\n"
     atomic_write(out_dir / "run.json", lambda f: f.write(blob.encode()))

@@ -37,6 +37,8 @@ DEFAULT_PLUGINS = {
     "ood_study": "benchbench_plugins.ood_study",
     "wgan_gp": "benchbench_plugins.wgan_gp",
     "gan_samples": "benchbench_plugins.gan_samples",
+    "compressors": "benchbench_plugins.compressors",
+    "ood_detectors": "benchbench_plugins.ood_detectors",
 }
 
 

@@ -75,6 +75,8 @@ class RunContext:
     samples: list[dict[str, Any]] = field(default_factory=list)
     model_scores: list[dict[str, Any]] = field(default_factory=list)
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    #: Markdown a study wrote about its own rows (``Study.report``), by study alias, for the leaderboard.
+    reports: dict[str, str] = field(default_factory=dict)
     _splits: dict[tuple[str, str], Split] = field(default_factory=dict)
     _checkpoints: dict[str, tuple[Path, str]] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
@@ -136,20 +138,28 @@ class RunContext:
         spec = self.suite.spec("models", alias)
         comp = self._component(spec)
         record: dict[str, Any] = {}
+        if not getattr(self.suite.factory(spec), "trainable", True):
+            record.update(source="untrained", sha256=None)  # nothing to learn (e.g. a compressor)
+            self.provenance["checkpoints"][alias] = record
+            self._checkpoints[alias] = (None, f"untrained:{spec.use}")
+            return self._checkpoints[alias]
         if "checkpoint" in spec.core:
             path = self.suite.registry.resolve_checkpoint(str(spec.core["checkpoint"]))
             record["source"] = str(spec.core["checkpoint"])
         else:
             train = spec.core["train"]
             split = train.get("split", "train")
+            seed = int(train.get("seed", self.seed))  # train.seed: e.g. independently seeded ensemble members
             data = self.load(train["data"], split)
             key = cache_key(kind="checkpoint", plugin=spec.use, version=comp["version"], params=spec.params,
-                            data=data.fingerprint, split=split, seed=self.seed)
+                            data=data.fingerprint, split=split, seed=seed)
             path = self.cache.checkpoint(key)
             cached = distributed.broadcast(self.dist, path is not None)  # every rank takes rank 0's decision
             record.update(source="cache" if cached else "trained", cache_key=key, trained_on=f"{train['data']}:{split}")
+            if seed != self.seed:
+                record["seed"] = seed
             if not cached:
-                path = self._train(alias, spec, data, key, record)
+                path = self._train(alias, spec, data, key, record, seed)
                 distributed.barrier(self.dist)  # rank 0 has written the checkpoint
                 if not self.dist.is_main:
                     path = self.cache.checkpoint(key)
@@ -164,14 +174,14 @@ class RunContext:
         self._checkpoints[alias] = (path, record["sha256"])
         return self._checkpoints[alias]
 
-    def _train(self, alias: str, spec: Spec, data: Split, key: str, record: dict[str, Any]) -> Path | None:
+    def _train(self, alias: str, spec: Spec, data: Split, key: str, record: dict[str, Any], seed: int) -> Path | None:
         """Train on every rank (data-parallel when distributed); rank 0 writes and returns the checkpoint."""
         import torch
 
-        torch.manual_seed(self.seed + self.dist.rank)  # in-rank randomness (e.g. dropout) differs per rank
-        np.random.seed((self.seed + self.dist.rank) % 2**32)
+        torch.manual_seed(seed + self.dist.rank)  # in-rank randomness (e.g. dropout) differs per rank
+        np.random.seed((seed + self.dist.rank) % 2**32)
         model = self.suite.factory(spec)(**spec.params).to(self.device)
-        ctx = TrainContext(device=self.device, seed=self.seed, work_dir=self.cache.work_dir(key),
+        ctx = TrainContext(device=self.device, seed=seed, work_dir=self.cache.work_dir(key),
                            progress=self.progress and self.dist.is_main, dist=self.dist)
         t0 = time.perf_counter()
         model.fit(data, ctx)
@@ -201,10 +211,10 @@ class RunContext:
 
         path, _ = self.checkpoint(alias)
         spec = self.suite.spec("models", alias)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
         model = self.suite.factory(spec)(**spec.params)
-        model.load_state_dict(state)
+        if path is not None:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt)
         model.to(self.device).eval()
         self._models[alias] = model
         return model
@@ -284,6 +294,8 @@ def run_suite(suite: Suite, *, cache: Cache, device: Any = "cpu", progress: bool
     for alias, spec in suite.studies.items():
         ctx._component(spec)
         ctx.current_study = alias
+        study_rows: list[dict[str, Any]] = []
+        study = None
         try:
             study = suite.factory(spec)(**spec.params)
             for row in study.run(ctx):
@@ -291,7 +303,13 @@ def run_suite(suite: Suite, *, cache: Cache, device: Any = "cpu", progress: bool
                 unknown = set(row) - set(RESULT_COLUMNS)
                 if unknown:
                     raise ValueError(f"study {alias!r} yielded unknown columns {sorted(unknown)}")
-                rows.append(row)
+                study_rows.append(row)
         except Exception as e:  # keep what the other studies (and this one, so far) produced
             ctx.fail(f"studies.{alias}", e)
+        rows.extend(study_rows)
+        if study is not None and study_rows:
+            try:
+                ctx.reports[alias] = study.report(study_rows) or ""
+            except Exception as e:
+                ctx.fail(f"studies.{alias} (report)", e)
     return RunResult(rows=rows, ctx=ctx, seconds=time.perf_counter() - t0)

@@ -34,7 +34,7 @@ CORE_KEYS = {
     "detectors": ("use",),
     "studies": ("use",),
 }
-TRAIN_KEYS = ("data", "split")
+TRAIN_KEYS = ("data", "split", "seed")
 ADAPT_KEYS = ("channels", "size")
 #: Constructor arguments filled from the suite when a factory accepts them and the suite does not set them.
 INJECTED = ("seed", "data_dir")
@@ -301,8 +301,12 @@ def _check_core(suite: Suite, spec: Spec) -> Iterable[tuple[str, str]]:
     key = spec.key_path
     if spec.kind == "models":
         train, ckpt = spec.core.get("train"), spec.core.get("checkpoint")
-        if train is None and ckpt is None:
+        trainable = getattr(suite.factory(spec), "trainable", True)
+        if train is None and ckpt is None and trainable:
             yield key, "a model needs 'train: {data: <dataset>, split: train}' or 'checkpoint: <path or URI>'"
+        if not trainable and (train is not None or ckpt is not None):
+            yield key, f"model {spec.use!r} has nothing to learn: drop 'train' and 'checkpoint'"
+            return
         if train is not None:
             if not isinstance(train, dict):
                 yield f"{key}.train", f"must be a mapping {{data: ..., split: ...}}, got {train!r}"
@@ -310,6 +314,9 @@ def _check_core(suite: Suite, spec: Spec) -> Iterable[tuple[str, str]]:
             for k in train:
                 if k not in TRAIN_KEYS:
                     yield f"{key}.train.{k}", f"unknown key{suggest(k, TRAIN_KEYS)}; allowed: {', '.join(TRAIN_KEYS)}"
+            seed = train.get("seed")
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+                yield f"{key}.train.seed", f"must be an integer (this model's training seed), got {seed!r}"
             data = train.get("data")
             if data is None:
                 yield f"{key}.train", "missing 'data'"

@@ -5,7 +5,9 @@
 
 ``check_detector`` raises ``AssertionError`` naming the broken rule. It builds
 synthetic per-sample scores for every name in the detector's ``requires``; pass
-``make_scores(rng, n, shifted) -> dict`` for score names it does not know.
+``make_scores(rng, n, shifted) -> dict`` for score names it does not know. Scores of another
+model (``"role/name"``, see ``Detector.model_roles``) are drawn in-distribution, so the
+planted shift lives in the detector's own model only (e.g. a likelihood ratio must see it).
 """
 from __future__ import annotations
 
@@ -58,9 +60,18 @@ def check_detector(detector: Any, *, n: int = 300, seed: int = 0,
     gen = make_scores or standard_scores
     rng = np.random.default_rng(seed)
     fit_all, test_all, out_all = gen(rng, n, False), gen(rng, n, False), gen(rng, n, True)
+    for r in requires:  # another model's scores ("role/name"): an independent in-distribution draw
+        role, _, base = r.partition("/")
+        if base:
+            for i, d in enumerate((fit_all, test_all, out_all)):
+                d[r] = gen(np.random.default_rng([seed, i] + list(role.encode())), n, False).get(base)
+            if fit_all[r] is None:
+                raise AssertionError(f"check_detector does not know scores {[base]}: pass make_scores= to generate them")
     missing = [r for r in requires if r not in fit_all]
     assert not missing, f"check_detector does not know scores {missing}: pass make_scores= to generate them"
-    fit, test, out = ({k: d[k] for k in requires} for d in (fit_all, test_all, out_all))
+    fit_keys = requires + tuple(getattr(proto, "fit_requires", ()))
+    fit = {k: fit_all[k] for k in fit_keys}
+    test, out = ({k: d[k] for k in requires} for d in (test_all, out_all))
     originals = copy.deepcopy((fit, test, out))
 
     def fresh():
