@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = {
     "ood_study": "benchbench_plugins.ood_study",
     "wgan_gp": "benchbench_plugins.wgan_gp",
     "gan_samples": "benchbench_plugins.gan_samples",
+    "classifiers": "benchbench_plugins.classifiers",
     "compressors": "benchbench_plugins.compressors",
     "ood_detectors": "benchbench_plugins.ood_detectors",
 }
