@@ -132,6 +132,12 @@ class PixelCNNppConfig:
     log_every: int = 100
     #: Run the network through torch.compile (eager fallback if it fails).
     compile: bool = False
+    #: Training-input perturbation of Ren et al. (2019)'s background model: each sub-pixel is
+    #: replaced, independently with this probability, by a uniform draw from {0..255} (0 = off).
+    mutation_rate: float = 0.0
+    #: L2 regularisation (Ren et al. 2019's background model): the objective per image becomes
+    #: NLL(x) + l2 * ||theta||^2 over all parameters (0 = off, as in the reference).
+    l2: float = 0.0
 
 
 _D = PixelCNNppConfig()
@@ -653,13 +659,20 @@ class PixelCNNpp(Model):
         checkpoint_every: int = _D.checkpoint_every,
         log_every: int = _D.log_every,
         compile: bool = _D.compile,
+        mutation_rate: float = _D.mutation_rate,
+        l2: float = _D.l2,
     ):
         super().__init__()
         self.config = PixelCNNppConfig(
             in_channels=in_channels, nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix,
             dropout=dropout, lr=lr, lr_decay=lr_decay, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
             polyak_decay=polyak_decay, batch_size=batch_size, init_batch_size=init_batch_size, data_init=data_init,
-            steps=steps, epochs=epochs, checkpoint_every=checkpoint_every, log_every=log_every, compile=compile)
+            steps=steps, epochs=epochs, checkpoint_every=checkpoint_every, log_every=log_every, compile=compile,
+            mutation_rate=mutation_rate, l2=l2)
+        if not 0.0 <= float(mutation_rate) <= 1.0:
+            raise ValueError(f"PixelCNNpp: mutation_rate must be in [0, 1], got {mutation_rate!r}")
+        if float(l2) < 0:
+            raise ValueError(f"PixelCNNpp: l2 must be >= 0, got {l2!r}")
         # Parameters are also attributes under their own names (benchbench.api.get_params reads them back);
         # note that ``self.compile`` (a bool) shadows nn.Module.compile on purpose.
         for f in fields(PixelCNNppConfig):
@@ -757,7 +770,10 @@ class PixelCNNpp(Model):
                 perm = np.random.default_rng([ctx.seed, epoch]).permutation(n)
                 idx = torch.from_numpy(ctx.shard(perm[i * gbs:(i + 1) * gbs])).to(device)
                 torch.manual_seed(_step_seed(ctx.seed, trainer.step) + ctx.rank)  # dropout differs per rank
-                nll = trainer.train_step(data_t.index_select(0, idx).float(), reduce=ctx.all_reduce)
+                x = data_t.index_select(0, idx).float()
+                if self.mutation_rate > 0:
+                    x = mutate(x, self.mutation_rate)
+                nll = trainer.train_step(x, reduce=ctx.all_reduce)
                 step = trainer.step
                 bpd = float(nll.mean()) / (dims * math.log(2.0))
                 running, running_n = running + bpd, running_n + 1
@@ -901,6 +917,8 @@ class PixelCNNppTrainer:
         nll = -m.log_prob(x)
         # the reference minimises summed nats (its Adam epsilon sits inside the sqrt, so the scale matters)
         grads = torch.autograd.grad(nll.sum(), self.params)
+        if m.l2 > 0:  # d/dtheta of sum_images l2 ||theta||^2 (summed over processes by reduce, like the NLL)
+            grads = [g.add(p.detach(), alpha=2.0 * m.l2 * len(x)) for g, p in zip(grads, self.params)]
         if reduce is not None:
             grads = reduce(list(grads))
         self.step += 1
@@ -925,6 +943,12 @@ class PixelCNNppTrainer:
         dev = lambda ts: [t.to(p.device) for t, p in zip(ts, self.params)]  # noqa: E731
         self.step, self.ema, self.m1, self.m2 = int(sd["step"]), dev(sd["ema"]), dev(sd["m1"]), dev(sd["m2"])
 
+
+
+def mutate(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """Ren et al. (2019): each value replaced, with probability ``rate``, by a uniform draw from {0..255}."""
+    hit = torch.rand(x.shape, device=x.device) < rate
+    return torch.where(hit, torch.randint(0, 256, x.shape, device=x.device).to(x.dtype), x)
 
 
 def _step_seed(seed: int, step: int) -> int:

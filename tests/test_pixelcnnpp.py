@@ -552,3 +552,32 @@ def test_registered_as_plugin():
 def test_steps_or_epochs():
     assert tiny(steps=7)._num_steps(100) == 7
     assert tiny(epochs=3, batch_size=16)._num_steps(100) == 3 * 6  # the last partial batch is dropped
+
+
+def test_mutation_replaces_the_stated_share_with_uniform_values():
+    torch.manual_seed(0)
+    x = torch.full((64, 3, 32, 32), 7.0)
+    y = pp.mutate(x, 0.2)
+    changed = (y != x).float().mean().item()
+    assert abs(changed - 0.2 * 255 / 256) < 0.01  # a draw equal to the old value leaves it unchanged
+    vals = y[y != x]
+    assert vals.min() >= 0 and vals.max() <= 255 and torch.equal(vals, vals.round())
+    assert abs(vals.mean().item() - 127.5) < 3.0
+    assert torch.equal(pp.mutate(x, 0.0), x)
+
+
+def test_l2_adds_its_gradient_to_the_summed_nll(monkeypatch):
+    seen = []
+    monkeypatch.setattr(pp, "_adam_update", lambda params, grads, *a, **k: seen.append([g.clone() for g in grads]))
+    x = torch.randint(0, 256, (3, 1, 8, 8)).float()
+    grads = {}
+    for l2 in (0.0, 0.01):
+        m = PixelCNNpp(in_channels=1, nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout=0.0, l2=l2)
+        torch.manual_seed(0)
+        pp.PixelCNNppTrainer(m).train_step(x)
+        grads[l2] = seen[-1]
+    params = [p.detach() for p in m.parameters() if p.requires_grad]
+    for g0, g1, p in zip(grads[0.0], grads[0.01], params):
+        torch.testing.assert_close(g1 - g0, 2 * 0.01 * len(x) * p, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mutation_rate"):
+        PixelCNNpp(mutation_rate=1.5)
