@@ -19,6 +19,8 @@ import torch.nn.functional as F
 HALF_BIN = 1.0 / 255.0
 #: The reference implementation's lower bound on log-scales.
 MIN_LOG_SCALE = -7.0
+#: Below this bin width (in logistic units) the log bin mass uses its series in log space.
+_WIDE = 1e-3
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +41,15 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     min_in = inv_s * (centered - HALF_BIN)
     log_cdf_plus = F.logsigmoid(plus_in)  # mass of (-inf, x + 1/255]: the 0 bin
     log_one_minus_cdf_min = F.logsigmoid(-min_in)  # mass of [x - 1/255, inf): the 255 bin
-    # log(sigmoid(plus_in) - sigmoid(min_in)), exactly; plus_in - min_in = 2 inv_s / 255 > 0
-    log_delta = log_cdf_plus + log_one_minus_cdf_min + torch.log(-torch.expm1(-(plus_in - min_in)))
+    # log(sigmoid(plus_in) - sigmoid(min_in)), exactly; plus_in - min_in = w = 2 inv_s / 255 > 0.
+    # A very wide logistic (w < 1e-3) uses log(1 - e^-w) = log w - w/2 + w^2/24 with log w taken
+    # from log_scale, so that exp(-log_scale) underflowing (log_scale > ~88 in float32) stays finite.
+    w = plus_in - min_in
+    wide = w < _WIDE
+    log_w = (math.log(2.0 * HALF_BIN) - log_scale)
+    ws = torch.where(wide, w, 0.0)
+    log_gap = torch.where(wide, log_w - 0.5 * ws + ws * ws / 24.0, torch.log(-torch.expm1(-w.clamp(min=_WIDE))))
+    log_delta = log_cdf_plus + log_one_minus_cdf_min + log_gap
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 

@@ -244,10 +244,6 @@ def test_sample(trained):
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_finite_on_extreme_images(trained, head, scale):
-    if head == "logistic" and scale > 5:
-        # weights x30 give log-scales of several hundred; the shared discretized logistic
-        # underflows exp(-log_scale) beyond ~88 (float32) and returns -inf there.
-        scale = 5.0
     shape = (1, 4, 4)
     x = torch.cat([torch.zeros(1, *shape), torch.full((1, *shape), 255.0), random_images(4, shape, seed=6)])
     for m in (trained[head][0], random_made(head, "random", num_masks=2, shape=shape, scale=scale)):
@@ -328,3 +324,24 @@ def test_discretized_gaussian_normalised_and_finite_in_float32():
         grads = torch.autograd.grad(out.sum(), (x, mean, log_scale))
         assert torch.isfinite(out).all() and (out <= 0).all()
         assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_very_wide_logistic_stays_finite_and_exact():
+    """log_scale 30..200: exp(-log_scale) underflows float32 beyond ~88; the bin mass must not."""
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.3, 1.0]).repeat(4)
+    ls = torch.tensor([2.5, 30.0, 90.0, 200.0]).repeat_interleave(5)
+    mean = torch.zeros_like(x)
+    ls.requires_grad_(True)
+    lp = lk.discretized_logistic_log_prob(x, mean, ls)
+    assert torch.isfinite(lp).all()
+    # float64 reference: interior bins ~ log(w * sigmoid'(centre)) = log(2/255) - ls - log 4 for huge scales,
+    # edge bins -> log(1/2)
+    x64, ls64 = x.double(), ls.detach().double()
+    inv = torch.exp(-ls64)
+    ref = torch.log(torch.sigmoid(inv * (x64 + 1 / 255)) - torch.sigmoid(inv * (x64 - 1 / 255)))
+    ref = torch.where(ls64 >= 30, math.log(2 / 255) - ls64 - math.log(4.0), ref)  # float64 cancels there too
+    ref = torch.where(x64 <= -0.999, torch.nn.functional.logsigmoid(inv * (x64 + 1 / 255)), ref)
+    ref = torch.where(x64 >= 0.999, torch.nn.functional.logsigmoid(-inv * (x64 - 1 / 255)), ref)
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(lp.sum(), ls)
+    assert torch.isfinite(g).all()
