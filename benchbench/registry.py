@@ -43,6 +43,7 @@ DEFAULT_PLUGINS = {
     "classifiers": "benchbench_plugins.classifiers",
     "compressors": "benchbench_plugins.compressors",
     "ood_detectors": "benchbench_plugins.ood_detectors",
+    "study_arcycle": "benchbench_plugins.study_arcycle",
 }
 
 
