@@ -66,12 +66,15 @@ def cmd_run(args) -> int:
         print(f"benchbench: suite {suite.name!r} profile {suite.profile!r} on {device}"
               f"{f' x {dist.world_size} processes' if dist.enabled else ''}; cache {cache.root}"
               f"{' (throw-away)' if cache.ephemeral else ''}", file=sys.stderr)
+    from benchbench.leaderboard import code_state
+
+    code = code_state()  # the code that runs: taken now, not when the leaderboard is written
     try:
         result = run_suite(suite, cache=cache, device=device, progress=not args.no_progress, out_dir=out, dist=dist)
         if not dist.is_main:  # rank 0 alone writes the leaderboard
             distributed.shutdown()
             return 0
-        run = write_leaderboard(out, result, suite=suite, device=device, world_size=dist.world_size)
+        run = write_leaderboard(out, result, suite=suite, device=device, world_size=dist.world_size, code=code)
     finally:
         cache.close()
     distributed.shutdown()

@@ -125,11 +125,22 @@ def render_readme(rows: list[dict[str, Any]], run: dict[str, Any], descriptions:
     return "\n".join(lines)
 
 
-def write_leaderboard(out_dir: Path, result, *, suite, device, world_size: int = 1) -> dict[str, Any]:
-    """Write every leaderboard file for a finished run; return the run.json content."""
+def code_state() -> dict[str, Any]:
+    """The git commit of the benchbench checkout and whether tracked files differ from it."""
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def write_leaderboard(out_dir: Path, result, *, suite, device, world_size: int = 1,
+                      code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every leaderboard file for a finished run; return the run.json content.
+
+    ``code`` is :func:`code_state` taken when the run started (default: now).
+    """
     import benchbench
 
     ctx = result.ctx
+    code = code or code_state()
     out_dir.mkdir(parents=True, exist_ok=True)
     run = {
         "suite": suite.name,
@@ -140,8 +151,8 @@ def write_leaderboard(out_dir: Path, result, *, suite, device, world_size: int =
         "device": str(device),
         "world_size": world_size,
         "benchbench": benchbench.__version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": code["git_commit"],
+        "git_dirty": code["git_dirty"],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "libraries": _versions(),
