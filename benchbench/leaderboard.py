@@ -84,6 +84,7 @@ def _table(df: pd.DataFrame, index: str, columns: str) -> str:
     order_cols = list(dict.fromkeys(df[columns]))
     pivot = df.pivot_table(index=index, columns=columns, values="value", aggfunc="first")
     pivot = pivot.reindex(index=order_rows, columns=order_cols)
+    pivot = pivot.astype(object).where(pivot.notna(), None)  # tabulate's missingval applies to None, not NaN
     return tabulate(pivot, headers="keys", tablefmt="github", floatfmt=".4g", missingval="–")
 
 
@@ -108,10 +109,10 @@ def render_readme(rows: list[dict[str, Any]], run: dict[str, Any], descriptions:
         for metric, mdf in sdf.groupby("metric", sort=False):
             for (model, ind), g in mdf.groupby(["model", "in_distribution"], sort=False):
                 title = f"### {metric}" + (f" — model `{model}`" if model else "") + (f", in-distribution `{ind}`" if ind else "")
-                if g["detector"].nunique() > 1:
-                    lines += [title, "", _table(g, "eval_set", "detector"), ""]
-                elif g["eval_set"].nunique() > 1 or len(g) == 1:
-                    lines += [title, "", _table(g.assign(detector=g["detector"].replace("", metric)), "eval_set", "detector"), ""]
+                # a row without a detector (e.g. a study's reference set beside its steps) goes in a column named for the metric
+                named = g.assign(detector=g["detector"].replace("", metric))
+                if named["detector"].nunique() > 1 or g["eval_set"].nunique() > 1 or len(g) == 1:
+                    lines += [title, "", _table(named, "eval_set", "detector"), ""]
                 else:
                     lines += [title, "", tabulate(g[["eval_set", "detector", "value", "n"]], headers="keys",
                                                   tablefmt="github", showindex=False, floatfmt=".4g"), ""]
