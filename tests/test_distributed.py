@@ -97,10 +97,16 @@ def test_two_processes_times_b_train_like_one_process_times_2b(tmp_path, model):
     assert small.returncode == 0, small.stderr
     a, b, c = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "two", "small"))
     assert a.keys() == b.keys()
-    for k in a:  # float tolerance: Adam steps amplify the different summation order of the gradients
-        if a[k].is_floating_point():
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5, msg=k)
-        else:
+    floats = [k for k in a if a[k].is_floating_point()]
+    for k in a:
+        if k not in floats:
             assert torch.equal(a[k], b[k]), k
-    # not vacuous: one process with the per-rank batch alone ends far away
-    assert max((c[k] - a[k]).abs().max().item() for k in a if a[k].is_floating_point()) > 1e-2
+    # The gradients of 2 x b and 1 x 2b are summed in a different order, so they differ by float32
+    # rounding, and Adam divides by sqrt(second moment): for a near-zero gradient that rounding becomes a
+    # visible step (seen: up to 7e-4 on one weight out of 23k, machine-dependent). So the distance is
+    # measured against the distance a genuinely different run travels (the per-rank batch alone).
+    dist = lambda p, q: torch.cat([(p[k] - q[k]).flatten() for k in floats])  # noqa: E731
+    same, other = dist(b, a), dist(c, a)
+    assert other.abs().max() > 1e-2  # not vacuous: one process with the per-rank batch alone ends far away
+    assert same.norm() < 1e-2 * other.norm(), (same.norm().item(), other.norm().item())
+    assert same.abs().max() < 0.1 * other.abs().max(), (same.abs().max().item(), other.abs().max().item())
