@@ -64,8 +64,9 @@ Speed (same function, fewer memory passes; see ``benchmarks/bench_pixelcnnpp.py`
     * Transposed convolutions use ``padding``/``output_padding`` instead of crops.
     * Without autograd, weight-normalised weights are memoised until the parameters
       change (their version counters): sampling runs the network H*W times.
-    * ``compile=True`` runs the network through ``torch.compile`` (plain-op path,
-      which inductor fuses) with an eager fallback if compilation fails.
+    * ``compile=True`` (or ``"net"``) runs the network through ``torch.compile`` (plain-op path,
+      which inductor fuses); ``compile="loss"`` compiles only the mixture likelihood; ``"all"``
+      both. Each has an eager fallback if compilation fails.
 
 Input shape: the number of channels is a constructor argument (``in_channels``,
 default 3; use 1 for greyscale) because the output layer depends on it; the image
@@ -130,8 +131,11 @@ class PixelCNNppConfig:
     checkpoint_every: int = 1000
     #: Record train bits/dim with ctx.log every this many steps.
     log_every: int = 100
-    #: Run the network through torch.compile (eager fallback if it fails).
-    compile: bool = False
+    #: torch.compile route (eager fallback if compilation fails): False = eager; True or "net" = the
+    #: network (plain-op path, which inductor fuses); "loss" = only the discretized-logistic-mixture
+    #: likelihood (elementwise ops, fused by inductor), the network stays on the hand-fused eager path;
+    #: "all" = both. See benchmarks/README.md for what each costs (first call) and gains on CPU.
+    compile: bool | str = False
     #: Training-input perturbation of Ren et al. (2019)'s background model: each sub-pixel is
     #: replaced, independently with this probability, by a uniform draw from {0..255} (0 = off).
     mutation_rate: float = 0.0
@@ -658,7 +662,7 @@ class PixelCNNpp(Model):
         epochs: int | None = _D.epochs,
         checkpoint_every: int = _D.checkpoint_every,
         log_every: int = _D.log_every,
-        compile: bool = _D.compile,
+        compile: bool | str = _D.compile,
         mutation_rate: float = _D.mutation_rate,
         l2: float = _D.l2,
     ):
@@ -674,21 +678,25 @@ class PixelCNNpp(Model):
         if float(l2) < 0:
             raise ValueError(f"PixelCNNpp: l2 must be >= 0, got {l2!r}")
         # Parameters are also attributes under their own names (benchbench.api.get_params reads them back);
-        # note that ``self.compile`` (a bool) shadows nn.Module.compile on purpose.
+        # note that ``self.compile`` (a bool or str) shadows nn.Module.compile on purpose.
         for f in fields(PixelCNNppConfig):
             object.__setattr__(self, f.name, getattr(self.config, f.name))
         self.net = PixelCNNppNet(in_channels, nr_resnet, nr_filters, nr_logistic_mix, dropout)
         self.net.reset_parameters(torch.Generator().manual_seed(0))  # construction never touches the global RNG
         #: (C, H, W) of the training images, recorded by fit (zeros until then); used by sample().
         self.register_buffer("image_shape", torch.zeros(3, dtype=torch.long))
+        if self.compile not in (False, True, "net", "loss", "all"):
+            raise ValueError(f"PixelCNNpp: compile must be False, True, 'net', 'loss' or 'all', got {compile!r}")
         self._compiled = None
         self._compile_failed = False
+        self._compiled_loss = None
+        self._loss_compile_failed = False
 
     # ------------------------------------------------------------------ network / likelihood
 
     def network(self, x_unit: torch.Tensor) -> torch.Tensor:
         """Mixture parameters (N, n_out, H, W) for images on the [-1, 1] scale."""
-        if self.compile and not self._compile_failed:
+        if self.compile in (True, "net", "all") and not self._compile_failed:
             if self._compiled is None:
                 self.net.set_fused(False)  # plain ops: inductor fuses them itself
                 self._compiled = torch.compile(self.net)
@@ -709,7 +717,21 @@ class PixelCNNpp(Model):
         """Per-pixel log-likelihood (N, H, W) in nats (channels summed), x float in [0, 255]."""
         self._check_input(x)
         xu = to_unit_range(x.float())
-        return mixture_log_prob_pixels(xu, self.network(xu), self.nr_logistic_mix)
+        return self.likelihood(xu, self.network(xu))
+
+    def likelihood(self, x_unit: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:func:`mixture_log_prob_pixels` of the network output ``out``, through torch.compile for
+        ``compile="loss"`` / ``"all"`` (eager fallback if compilation fails)."""
+        if self.compile in ("loss", "all") and not self._loss_compile_failed:
+            if self._compiled_loss is None:
+                self._compiled_loss = torch.compile(mixture_log_prob_pixels, dynamic=False)
+            try:
+                return self._compiled_loss(x_unit, out, self.nr_logistic_mix)
+            except Exception as e:  # pragma: no cover - depends on the toolchain
+                warnings.warn(f"torch.compile of the likelihood failed ({type(e).__name__}: {e}); falling back to "
+                              "eager", stacklevel=2)
+                self._loss_compile_failed = True
+        return mixture_log_prob_pixels(x_unit, out, self.nr_logistic_mix)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob_pixels(x).sum((1, 2))

@@ -163,6 +163,24 @@ def test_fused_and_plain_paths_agree_with_gradients():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["loss", "net"])
+def test_compiled_routes_give_the_eager_likelihood_and_gradients(route):
+    """compile="loss" / "net" compute the same function as eager (torch.compile, tens of seconds)."""
+    eager = randomise(tiny())
+    comp = randomise(tiny(compile=route))
+    x = images(2).float().requires_grad_(True)
+    lp_e = eager.log_prob(x)
+    g_e = torch.autograd.grad(lp_e.sum(), [x, *eager.parameters()])
+    lp_c = comp.log_prob(x)
+    if comp._compile_failed or comp._loss_compile_failed:
+        pytest.skip("torch.compile is not usable here (the model fell back to eager)")
+    g_c = torch.autograd.grad(lp_c.sum(), [x, *comp.parameters()])
+    torch.testing.assert_close(lp_c, lp_e, rtol=1e-5, atol=1e-3)
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 def test_fused_ops_gradcheck_including_dropout():
     xs = [torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True),
           torch.randn(2, 2, 4, 5, dtype=torch.double, requires_grad=True)]
