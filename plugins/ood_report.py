@@ -4,7 +4,8 @@ Tables (cells are ours, then ``/ reference (difference)`` where a reference numb
 
 * **% classified as in-distribution** (``pct_in``): rows are the eval sets in the suite's
   order, columns the detectors -- labelled ``detector (model)`` when a detector ran on more
-  than one model. A set no model could load is listed as *unavailable*, with the reason.
+  than one model. A set no model could load is listed as *unavailable* (beside the reference
+  number, if any), with the reason.
 * **bits/dim** (``bpd_mean``) of every set under every likelihood model, the reference
   beside the first of them.
 * **AUROC** of the in-distribution eval split against each outlier set.
@@ -28,6 +29,11 @@ def _cell(ours: float | None, ref: float | None, digits: int) -> str:
     if ours is None:
         return f"– / {_fmt(ref, digits)}"
     return f"{_fmt(ours, digits)} / {_fmt(ref, digits)} ({ours - ref:+.{digits}f})"
+
+
+def _unavailable(ref: float | None, digits: int) -> str:
+    """The cell of a set that could not be loaded: the reference number stays visible beside it."""
+    return "unavailable" if ref is None else f"unavailable / {_fmt(ref, digits)}"
 
 
 def _columns(df: pd.DataFrame, detectors: list[str]) -> list[tuple[str, str, str]]:
@@ -62,7 +68,7 @@ def render(rows: list[dict], *, eval_sets: list[str], detectors: list[str], mode
         body = []
         for s in eval_sets:
             if s in unavailable and not (pct["eval_set"] == s).any():
-                body.append([s] + ["unavailable"] * len(cols))
+                body.append([s] + [_unavailable((ref_pct.get(s) or {}).get(d), 1) for d, _, _ in cols])
                 continue
             body.append([s] + [_cell(_lookup(pct, eval_set=s, detector=d, model=m), (ref_pct.get(s) or {}).get(d), 1)
                                for d, m, _ in cols])
@@ -78,7 +84,7 @@ def render(rows: list[dict], *, eval_sets: list[str], detectors: list[str], mode
         body = []
         for s in sets + [s for s in eval_sets if s in unavailable and s not in sets]:
             if s not in sets:
-                body.append([s] + ["unavailable"] * len(bpd_models))
+                body.append([s] + [_unavailable(ref_bpd.get(s) if i == 0 else None, 3) for i in range(len(bpd_models))])
                 continue
             row = [s]
             for i, m in enumerate(bpd_models):

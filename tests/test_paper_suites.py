@@ -53,6 +53,7 @@ def test_paper_smoke_shows_svhn_unavailable_and_the_paper_beside_ours(tmp_path, 
     readme = (out / "README.md").read_text()
     assert "| svhn " in readme and "unavailable" in readme and "DataUnavailable" in readme
     assert "/ 92.5 (" in readme and "/ 2.920 (" in readme  # the paper's CIFAR-10 test numbers beside ours
+    assert "unavailable / 90.9" in readme and "unavailable / 2.100" in readme  # and its SVHN ones, though ours are missing
     assert set(df.study) == {"ood", "toy2d", "pixel_opt", "gan_bpd", "arcycle"}
     assert (out / "figures" / "arcycle_iterations.png").is_file()
     for study in ("toy2d", "pixel_opt", "gan_bpd", "arcycle"):
