@@ -136,7 +136,6 @@ def all_reduce_gradients(info: DistInfo, grads: list, average: bool = False) -> 
     """
     if not info.enabled or not grads:
         return grads
-    import torch
     import torch.distributed as dist
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 

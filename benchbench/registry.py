@@ -83,6 +83,11 @@ def suggest(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def unknown(kind: str, name, defined) -> str:
+    """"unknown <kind> 'name' (did you mean ...?); the suite defines: a, b" for a name missing from ``defined``."""
+    return f"unknown {kind} {name!r}{suggest(str(name), defined)}; the suite defines: {', '.join(defined) or '(none)'}"
+
+
 class Registry:
     """Loads plugins and holds the name -> :class:`Component` tables for each kind."""
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchbench import Dataset, Split, hookimpl
-from benchbench.registry import suggest
+from benchbench.registry import unknown
 
 
 class GANSamples(Dataset):
@@ -43,8 +43,7 @@ class GANSamples(Dataset):
             yield "step", f"must be a positive integer (a generator step) or null, got {self.step!r}"
             return
         if self.generator not in suite.models:
-            yield "generator", (f"unknown model {self.generator!r}{suggest(self.generator, suite.models)}; "
-                                f"the suite defines: {', '.join(suite.models) or '(none)'}")
+            yield "generator", unknown("model", self.generator, suite.models)
             return
         spec = suite.models[self.generator]
         factory = suite.factory(spec)

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchbench import Study, hookimpl
 from benchbench.metrics import ALL_METRICS, PAIR_FUNCTIONS, pct_in
-from benchbench.registry import suggest
+from benchbench.registry import suggest, unknown
 from benchbench.suite import check_split
 
 
@@ -96,7 +96,7 @@ class OODGrid(Study):
         provides: dict[str, tuple[str, ...]] = {}
         for i, m in enumerate(self.models):
             if m not in suite.models:
-                yield f"models[{i}]", f"unknown model {m!r}{suggest(m, suite.models)}; the suite defines: {', '.join(suite.models) or '(none)'}"
+                yield f"models[{i}]", unknown("model", m, suite.models)
             else:
                 provides[m] = _provides(suite, m)
         for i, d in enumerate(self.detectors):

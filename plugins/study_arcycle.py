@@ -105,7 +105,7 @@ import torch.nn.functional as Fn
 from torch import nn
 
 from benchbench import Study, hookimpl
-from benchbench.registry import suggest
+from benchbench.registry import suggest, unknown
 from benchbench.suite import check_split
 
 ABLATIONS = ("cyclegan", "nll_cycle", "nll", "blur", "cyclegan_init")
@@ -286,11 +286,10 @@ class ARCycle(Study):
     # ------------------------------------------------------------------ validation
 
     def check(self, suite) -> Iterator[tuple[str, str]]:
-        models = ", ".join(suite.models) or "(none)"
         for key in ("x_likelihood", "y_likelihood"):
             alias = getattr(self, key)
             if alias not in suite.models:
-                yield key, f"unknown model {alias!r}{suggest(str(alias), suite.models)}; the suite defines: {models}"
+                yield key, unknown("model", alias, suite.models)
                 continue
             spec = suite.models[alias]
             provides = getattr(suite.factory(spec), "provides", ())

@@ -59,8 +59,7 @@ import numpy as np
 import torch
 
 from benchbench import Study, hookimpl
-from benchbench.api import bits_per_dim
-from benchbench.registry import suggest
+from benchbench.registry import suggest, unknown
 
 SCORES = ("auto", "inception", "classifier")
 
@@ -168,9 +167,8 @@ class GANBitsPerDim(Study):
         self.seed = seed
 
     def check(self, suite) -> Iterator[tuple[str, str]]:
-        models = ', '.join(suite.models) or '(none)'
         if self.generator not in suite.models:
-            yield "generator", f"unknown model {self.generator!r}{suggest(self.generator, suite.models)}; the suite defines: {models}"
+            yield "generator", unknown("model", self.generator, suite.models)
         else:
             spec = suite.models[self.generator]
             planned = getattr(suite.factory(spec), "snapshot_steps", None)
@@ -179,12 +177,12 @@ class GANBitsPerDim(Study):
             elif not planned(spec.params):
                 yield "generator", f"model {self.generator!r} keeps no snapshots: set its snapshot_every > 0"
         if self.likelihood not in suite.models:
-            yield "likelihood", f"unknown model {self.likelihood!r}{suggest(self.likelihood, suite.models)}; the suite defines: {models}"
+            yield "likelihood", unknown("model", self.likelihood, suite.models)
         elif "bpd" not in getattr(suite.factory(suite.models[self.likelihood]), "provides", ()):
             yield "likelihood", f"model {self.likelihood!r} ({suite.models[self.likelihood].use}) provides no bpd"
         if self.classifier is not None:
             if self.classifier not in suite.models:
-                yield "classifier", f"unknown model {self.classifier!r}{suggest(self.classifier, suite.models)}; the suite defines: {models}"
+                yield "classifier", unknown("model", self.classifier, suite.models)
             elif "logits" not in getattr(suite.factory(suite.models[self.classifier]), "provides", ()):
                 yield "classifier", f"model {self.classifier!r} ({suite.models[self.classifier].use}) provides no 'logits'"
         if self.reference is not None and not suite.has("datasets", self.reference):

@@ -50,7 +50,7 @@ import torch
 
 from benchbench import Study, hookimpl
 from benchbench.api import bits_per_dim
-from benchbench.registry import suggest
+from benchbench.registry import suggest, unknown
 from benchbench.suite import check_split
 
 OPTIMIZERS = ("adam", "sgd")
@@ -135,7 +135,7 @@ class PixelOptimisation(Study):
 
     def check(self, suite) -> Iterator[tuple[str, str]]:
         if self.model not in suite.models:
-            yield "model", f"unknown model {self.model!r}{suggest(self.model, suite.models)}; the suite defines: {', '.join(suite.models) or '(none)'}"
+            yield "model", unknown("model", self.model, suite.models)
         else:
             provides = getattr(suite.factory(suite.models[self.model]), "provides", ())
             if "bpd" not in provides:

@@ -58,7 +58,6 @@ per training point.
 from __future__ import annotations
 
 import copy
-import math
 import zlib
 from typing import ClassVar, Iterator
 
@@ -67,7 +66,7 @@ import torch
 
 from benchbench import Dataset, Split, Study, TrainContext, hookimpl
 from benchbench.api import bits_per_dim
-from benchbench.registry import suggest
+from benchbench.registry import unknown
 
 CENTRE = 128  # the level of toy value 0
 
@@ -160,7 +159,7 @@ class Toy2DStudy(Study):
 
     def check(self, suite) -> Iterator[tuple[str, str]]:
         if self.model not in suite.models:
-            yield "model", f"unknown model {self.model!r}{suggest(self.model, suite.models)}; the suite defines: {', '.join(suite.models) or '(none)'}"
+            yield "model", unknown("model", self.model, suite.models)
         else:
             spec = suite.models[self.model]
             if spec.use != "made" or spec.params.get("head") != "gaussian":

@@ -42,7 +42,6 @@ the data order, the curve so far) is written every 5% of the steps (and at least
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
