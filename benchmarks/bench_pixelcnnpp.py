@@ -5,6 +5,7 @@
     python benchmarks/bench_pixelcnnpp.py --compile             # torch.compile of the network (minutes of compile time)
     python benchmarks/bench_pixelcnnpp.py --compile loss        # torch.compile of the mixture likelihood only
     python benchmarks/bench_pixelcnnpp.py --unfused             # plain pad/cat/elu ops, NCHW (for comparison)
+    python benchmarks/bench_pixelcnnpp.py --port ~/pixel-cnn-pp # also time a checkout of the most-used port, same run
 
 A config is ``nr_resnet/nr_filters/nr_logistic_mix@SIZExCHANNELS``. Every (config, mode) runs in a fresh
 subprocess so that its peak memory (max RSS, ``resource.getrusage``) is its own. Per mode:
@@ -18,6 +19,15 @@ forward for eval, forward + backward for train), and "% matmul" is the achieved 
 fp32 ``torch.matmul`` rate measured here on the same threads. "busy" is the CPU time other processes
 took during the timed part (from /proc/stat), as a check on whether the numbers are clean: this is a
 shared machine. No assertions: this prints a table.
+
+``--port DIR`` also times, in the same run and the same way, a checkout of the most-used PyTorch port
+(``git clone https://github.com/pclucas14/pixel-cnn-pp DIR``; none of its code is in this repository):
+eval = its ``PixelCNN`` forward + ``discretized_mix_logistic_loss`` (``_1d`` for one channel) under
+``no_grad`` in eval mode, train = forward + loss + backward + ``Adam.step`` (lr 2e-4, its default), on
+inputs rescaled to [-1, 1] as its ``main.py`` does. Its loss calls ``.cuda()`` unconditionally, so the
+worker makes ``Tensor.cuda`` return the tensor itself (CPU only). Some of its commits have a Python-2
+``print e`` in ``utils.load_part_of_model``; fix that line to ``print(e)`` if the import fails. The
+table then gives each ratio against the port *as measured in this run* ("x port").
 """
 from __future__ import annotations
 
@@ -96,9 +106,33 @@ def _timed(fn) -> float:
 # --------------------------------------------------------------------------- worker (one subprocess per row)
 
 
+def _port_model(cfg: dict, c: dict):
+    """The port's model and a ``(x8) -> loss`` function, imported from the checkout at ``cfg['port']``."""
+    import torch
+
+    torch.Tensor.cuda = lambda self, *a, **k: self  # the port's loss calls .cuda() unconditionally
+    sys.path.insert(0, os.path.abspath(os.path.expanduser(cfg["port"])))
+    import model as port_model  # noqa: E402  (the checkout's model.py)
+    import utils as port_utils  # noqa: E402
+
+    net = port_model.PixelCNN(nr_resnet=c["nr_resnet"], nr_filters=c["nr_filters"],
+                              nr_logistic_mix=c["nr_logistic_mix"], input_channels=c["channels"])
+    loss_op = (port_utils.discretized_mix_logistic_loss_1d if c["channels"] == 1
+               else port_utils.discretized_mix_logistic_loss)
+
+    def loss(x8):
+        x = (x8.float() / 255.0 - 0.5) * 2.0  # its main.py: ToTensor then (x - .5) * 2
+        return loss_op(x, net(x))
+
+    return net, loss
+
+
 def worker(cfg: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    if cfg.get("impl") == "port":
+        return _port_worker(cfg)
 
     from benchbench_plugins.pixelcnnpp import PixelCNNpp, PixelCNNppTrainer
 
@@ -153,6 +187,57 @@ def worker(cfg: dict) -> dict:
     }
 
 
+def _port_worker(cfg: dict) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    c = parse_config(cfg["config"])
+    net, loss = _port_model(cfg, c)
+    x8 = torch.randint(0, 256, (cfg["batch"], c["channels"], c["size"], c["size"]), dtype=torch.uint8)
+    base_rss = _rss_mb()
+    if cfg["mode"] == "eval":
+        net.eval()
+
+        def step():
+            with torch.no_grad():
+                return loss(x8)
+    else:
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+
+        def step():
+            out = loss(x8)
+            opt.zero_grad()
+            out.backward()
+            opt.step()
+            return out
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    busy0, cpu0, w0 = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    times = [_timed(step) for _ in range(cfg["repeats"])]
+    wall = time.perf_counter() - w0
+    foreign = max(0.0, (_cpu_busy_seconds() - busy0) - (time.process_time() - cpu0)) / (wall * os.cpu_count())
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # FLOPs on the same batch (the port caches its padding from the first batch, so no smaller one)
+    with FlopCounterMode(display=False) as fc:
+        if cfg["mode"] == "eval":
+            with torch.no_grad():
+                loss(x8)
+        else:
+            loss(x8).backward()
+    return {
+        "config": cfg["config"], "mode": cfg["mode"], "batch": cfg["batch"], "impl": "port",
+        "img_s_best": cfg["batch"] / min(times), "img_s_median": cfg["batch"] / statistics.median(times),
+        "first_call_s": first, "flops_per_img": fc.get_total_flops() / cfg["batch"],
+        "params": sum(p.numel() for p in net.parameters()),
+        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "foreign_busy": foreign,
+    }
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -161,10 +246,10 @@ def run_one(cfg: dict, timeout: float) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"config": cfg["config"], "mode": cfg["mode"], "error": f"timeout after {timeout:.0f}s"}
+        return {"config": cfg["config"], "mode": cfg["mode"], "impl": cfg.get("impl"), "error": f"timeout after {timeout:.0f}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"config": cfg["config"], "mode": cfg["mode"], "error": proc.stderr.strip()[-400:]}
+        return {"config": cfg["config"], "mode": cfg["mode"], "impl": cfg.get("impl"), "error": proc.stderr.strip()[-400:]}
     return json.loads(lines[-1])
 
 
@@ -181,6 +266,8 @@ def main(argv=None) -> None:
                     help="PixelCNNpp(compile=ROUTE): 'net' (the default when given bare: the network, plain-op "
                          "path), 'loss' (the mixture likelihood only) or 'all'; eager fallback on failure")
     ap.add_argument("--unfused", action="store_true", help="plain pad/cat/elu ops in NCHW, for comparison")
+    ap.add_argument("--port", default=None, metavar="DIR",
+                    help="also time a checkout of pclucas14/pixel-cnn-pp at DIR, in the same run")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per (config, mode) subprocess")
     ap.add_argument("--json", default=None, help="also write the raw rows to this file")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
@@ -199,17 +286,20 @@ def main(argv=None) -> None:
     for spec in args.configs.split(","):
         for mode in args.modes.split(","):
             reps = args.train_repeats if (mode == "train" and args.train_repeats) else args.repeats
-            cfg = dict(config=spec.strip(), mode=mode, batch=args.batch, threads=args.threads, repeats=reps,
-                       compile=args.compile, unfused=args.unfused)
-            if args.wait_idle:
-                wait_for_idle(args.wait_idle)
-            r = run_one(cfg, args.timeout)
-            rows.append(r)
-            if "error" in r:
-                print(f"  {spec} {mode}: FAILED {r['error']}", flush=True)
-            else:
-                print(f"  {spec} {mode}: {r['img_s_best']:.2f} img/s (median {r['img_s_median']:.2f}), "
-                      f"first call {r['first_call_s']:.1f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GB, busy {100 * r['foreign_busy']:.0f}%", flush=True)
+            for impl in ("benchbench", "port") if args.port else ("benchbench",):
+                cfg = dict(config=spec.strip(), mode=mode, batch=args.batch, threads=args.threads, repeats=reps,
+                           compile=args.compile, unfused=args.unfused, impl=impl, port=args.port)
+                if args.wait_idle:
+                    wait_for_idle(args.wait_idle)
+                r = run_one(cfg, args.timeout)
+                r.setdefault("impl", impl)
+                rows.append(r)
+                if "error" in r:
+                    print(f"  {spec} {mode} [{impl}]: FAILED {r['error']}", flush=True)
+                else:
+                    print(f"  {spec} {mode} [{impl}]: {r['img_s_best']:.2f} img/s (median {r['img_s_median']:.2f}), "
+                          f"first call {r['first_call_s']:.1f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GB, "
+                          f"busy {100 * r['foreign_busy']:.0f}%", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"matmul_gflops": mm, "args": vars(args), "rows": rows}, fh, indent=1)
@@ -218,32 +308,40 @@ def main(argv=None) -> None:
 
 
 def table(rows: list[dict], mm: float) -> str:
-    by = {(r["config"], r["mode"]): r for r in rows}
-    head = ("| config | params | GFLOP/img eval / train | eval img/s (x ref) | train img/s (x ref) "
+    """Markdown table: one line per (config, implementation); "x ref" against the issue's quoted figures,
+    "x port" against the port as measured in the same run (when ``--port`` was given)."""
+    by = {(r["config"], r["mode"], r.get("impl", "benchbench")): r for r in rows}
+    has_port = any(r.get("impl") == "port" for r in rows)
+    ratio = "x port" if has_port else "x ref"
+    head = (f"| config | impl | params | GFLOP/img eval / train | eval img/s ({ratio}) | train img/s ({ratio}) "
             "| % matmul eval / train | peak RSS eval / train (GB) | busy |")
-    out = [head, "|" + "---|" * 8]
+    out = [head, "|" + "---|" * 9]
+    ok = lambda r: bool(r) and "error" not in r  # noqa: E731
     for spec in dict.fromkeys(r["config"] for r in rows):
-        ev, tr = by.get((spec, "eval"), {}), by.get((spec, "train"), {})
-        ref = REFERENCE.get(spec, {})
+        for impl in ("benchbench", "port") if has_port else ("benchbench",):
+            ev, tr = by.get((spec, "eval", impl), {}), by.get((spec, "train", impl), {})
+            if impl == "port":
+                base = {}
+            elif has_port:
+                base = {m: by[(spec, m, "port")]["img_s_best"] for m in ("eval", "train")
+                        if ok(by.get((spec, m, "port")))}
+            else:
+                base = REFERENCE.get(spec, {})
 
-        def rate(r, key):
-            if not r or "error" in r:
-                return "n/a" if not r else "failed"
-            v = r["img_s_best"]
-            return f"{v:.2f}" + (f" ({v / ref[key]:.2f}x)" if key in ref else "")
+            def rate(r, key):
+                if not ok(r):
+                    return "failed" if r else "n/a"
+                v = r["img_s_best"]
+                return f"{v:.2f}" + (f" ({v / base[key]:.2f}x)" if key in base else "")
 
-        def pct(r):
-            return f"{100 * r['img_s_best'] * r['flops_per_img'] / 1e9 / mm:.0f}%" if r and "error" not in r else "-"
-
-        def gb(r):
-            return f"{r['peak_rss_mb'] / 1024:.2f}" if r and "error" not in r else "-"
-
-        anyr = ev if ev and "error" not in ev else tr
-        params = f"{anyr['params'] / 1e6:.2f}M" if anyr and "error" not in anyr else "-"
-        fl = "/".join(f"{r['flops_per_img'] / 1e9:.2f}" if r and "error" not in r else "-" for r in (ev, tr))
-        busy = max((r.get("foreign_busy", 0) for r in (ev, tr) if r and "error" not in r), default=0)
-        out.append(f"| {spec} | {params} | {fl} | {rate(ev, 'eval')} | {rate(tr, 'train')} | {pct(ev)} / {pct(tr)} "
-                   f"| {gb(ev)} / {gb(tr)} | {100 * busy:.0f}% |")
+            pct = lambda r: f"{100 * r['img_s_best'] * r['flops_per_img'] / 1e9 / mm:.0f}%" if ok(r) else "-"  # noqa: E731
+            gb = lambda r: f"{r['peak_rss_mb'] / 1024:.2f}" if ok(r) else "-"  # noqa: E731
+            anyr = ev if ok(ev) else tr
+            params = f"{anyr['params'] / 1e6:.2f}M" if ok(anyr) else "-"
+            fl = "/".join(f"{r['flops_per_img'] / 1e9:.2f}" if ok(r) else "-" for r in (ev, tr))
+            busy = max((r.get("foreign_busy", 0) for r in (ev, tr) if ok(r)), default=0)
+            out.append(f"| {spec} | {impl} | {params} | {fl} | {rate(ev, 'eval')} | {rate(tr, 'train')} "
+                       f"| {pct(ev)} / {pct(tr)} | {gb(ev)} / {gb(tr)} | {100 * busy:.0f}% |")
     return "\n".join(out)
 
 
