@@ -127,9 +127,31 @@ def _port_model(cfg: dict, c: dict):
     return net, loss
 
 
+def _measure(cfg: dict, step, flop_pass, flop_batch: int, params: int, base_rss: float) -> dict:
+    """One row: ``step`` timed ``cfg['repeats']`` times after a warm-up call, the CPU time other processes
+    took meanwhile, the peak RSS, and the FLOPs of ``flop_pass()`` (one pass over ``flop_batch`` images)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t0 = time.perf_counter()
+    step()  # warm-up (and compilation)
+    first = time.perf_counter() - t0
+    busy0, cpu0, w0 = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    times = [_timed(step) for _ in range(cfg["repeats"])]
+    wall = time.perf_counter() - w0
+    foreign = max(0.0, (_cpu_busy_seconds() - busy0) - (time.process_time() - cpu0)) / (wall * os.cpu_count())
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with FlopCounterMode(display=False) as fc:
+        flop_pass()
+    return {
+        "config": cfg["config"], "mode": cfg["mode"], "batch": cfg["batch"], "impl": cfg.get("impl", "benchbench"),
+        "img_s_best": cfg["batch"] / min(times), "img_s_median": cfg["batch"] / statistics.median(times),
+        "first_call_s": first, "flops_per_img": fc.get_total_flops() / flop_batch, "params": params,
+        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "foreign_busy": foreign,
+    }
+
+
 def worker(cfg: dict) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     if cfg.get("impl") == "port":
         return _port_worker(cfg)
@@ -160,36 +182,22 @@ def worker(cfg: dict) -> dict:
         def step():
             return trainer.train_step(xf)
 
-    t0 = time.perf_counter()
-    step()  # warm-up (and compilation)
-    first = time.perf_counter() - t0
-    busy0, cpu0, w0 = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    times = [_timed(step) for _ in range(cfg["repeats"])]
-    wall = time.perf_counter() - w0
-    foreign = max(0.0, (_cpu_busy_seconds() - busy0) - (time.process_time() - cpu0)) / (wall * os.cpu_count())
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # FLOPs on a batch of 2 (they scale linearly with the batch)
-    xs = x8[:2]
-    with FlopCounterMode(display=False) as fc:
+    def flop_pass():  # on a batch of 2 (FLOPs scale linearly with the batch)
+        xs = x8[:2].float()
         if cfg["mode"] == "eval":
             with torch.no_grad():
-                model.log_prob(xs.float())
+                model.log_prob(xs)
         else:
-            (-model.log_prob(xs.float()).sum()).backward()
-    flops = fc.get_total_flops() / 2
-    return {
-        "config": cfg["config"], "mode": cfg["mode"], "batch": cfg["batch"],
-        "img_s_best": cfg["batch"] / min(times), "img_s_median": cfg["batch"] / statistics.median(times),
-        "first_call_s": first, "flops_per_img": flops, "params": sum(p.numel() for p in model.parameters()),
-        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "foreign_busy": foreign,
-        "compile": cfg["compile"],
-        "compiled": bool(cfg["compile"] and not (model._compile_failed or model._loss_compile_failed)),
-    }
+            (-model.log_prob(xs).sum()).backward()
+
+    row = _measure(cfg, step, flop_pass, 2, sum(p.numel() for p in model.parameters()), base_rss)
+    row["compile"] = cfg["compile"]
+    row["compiled"] = bool(cfg["compile"] and not (model._compile_failed or model._loss_compile_failed))
+    return row
 
 
 def _port_worker(cfg: dict) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -214,28 +222,14 @@ def _port_worker(cfg: dict) -> dict:
             opt.step()
             return out
 
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    busy0, cpu0, w0 = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    times = [_timed(step) for _ in range(cfg["repeats"])]
-    wall = time.perf_counter() - w0
-    foreign = max(0.0, (_cpu_busy_seconds() - busy0) - (time.process_time() - cpu0)) / (wall * os.cpu_count())
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # FLOPs on the same batch (the port caches its padding from the first batch, so no smaller one)
-    with FlopCounterMode(display=False) as fc:
+    def flop_pass():  # on the same batch: the port caches its padding from the first batch, so no smaller one
         if cfg["mode"] == "eval":
             with torch.no_grad():
                 loss(x8)
         else:
             loss(x8).backward()
-    return {
-        "config": cfg["config"], "mode": cfg["mode"], "batch": cfg["batch"], "impl": "port",
-        "img_s_best": cfg["batch"] / min(times), "img_s_median": cfg["batch"] / statistics.median(times),
-        "first_call_s": first, "flops_per_img": fc.get_total_flops() / cfg["batch"],
-        "params": sum(p.numel() for p in net.parameters()),
-        "peak_rss_mb": peak_rss, "base_rss_mb": base_rss, "foreign_busy": foreign,
-    }
+
+    return _measure(cfg, step, flop_pass, cfg["batch"], sum(p.numel() for p in net.parameters()), base_rss)
 
 
 # --------------------------------------------------------------------------- driver
